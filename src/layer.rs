@@ -1,0 +1,219 @@
+//! [`KlikitWebhookLayer`]: the configuration and its builder.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use tower_layer::Layer;
+
+use crate::{KlikitWebhookService, MemoryStore, WebhookSecret, signature::Verifier, store::DedupStore};
+
+/// What the layer does when the dedup store fails or times out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum StoreFailurePolicy {
+    /// Answer 503 with `Retry-After` and do not call the handler; Klikit
+    /// retries later. Nothing is processed twice and nothing is lost, as long
+    /// as the store comes back before Klikit gives up. The default.
+    #[default]
+    FailClosed,
+    /// Call the handler anyway, without a claim and without recording the
+    /// event. **Risk:** while the store is down, every retry and every
+    /// concurrent duplicate reaches the handler, so events can be processed
+    /// more than once. Choose it only if your handlers are idempotent.
+    FailOpen,
+}
+
+/// Tower layer that verifies, deduplicates and types Klikit webhooks.
+///
+/// For every request the service:
+/// 1. requires `x-klikit-signature`, `x-klikit-event-id` and
+///    `x-klikit-event-type` (400 otherwise);
+/// 2. reads the raw body under [`with_body_limit`](Self::with_body_limit)
+///    (413) and [`with_body_timeout`](Self::with_body_timeout) (408);
+/// 3. checks the HMAC-SHA256 signature in constant time against every
+///    configured secret (401);
+/// 4. claims the event id in the [store](Self::with_store): a processed event
+///    gets `200 {"status":"duplicate-ignored"}`, an event in flight gets 409
+///    with `Retry-After`, a store failure 503 with `Retry-After`;
+/// 5. calls the inner service with a [`KlikitEvent`](crate::KlikitEvent) in the
+///    request extensions and the same bytes as the request body; a 2xx answer
+///    completes the claim, anything else (or an error, a panic, a dropped
+///    connection) releases it so Klikit's retry is processed.
+///
+/// Every default is chosen to be safe; see each `with_*` method.
+///
+/// # Examples
+///
+/// ```
+/// use axum::{Router, routing::post};
+/// use klikit_webhook::{KlikitEvent, KlikitWebhookLayer, WebhookSecret};
+///
+/// async fn handle(event: KlikitEvent) -> &'static str {
+///     println!("{} {}", event.event_type(), event.id());
+///     "ok"
+/// }
+///
+/// let secret = WebhookSecret::new("a-long-random-webhook-secret").unwrap();
+/// let app: Router = Router::new()
+///     .route("/webhooks/klikit", post(handle))
+///     .layer(KlikitWebhookLayer::new(secret));
+/// ```
+#[derive(Clone)]
+#[must_use]
+pub struct KlikitWebhookLayer {
+    pub(crate) config: Arc<Config>,
+}
+
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) verifier: Verifier,
+    pub(crate) store: Arc<dyn DedupStore>,
+    pub(crate) body_limit: usize,
+    pub(crate) body_timeout: Duration,
+    pub(crate) lease: Duration,
+    pub(crate) retention: Duration,
+    pub(crate) store_timeout: Duration,
+    pub(crate) store_failure: StoreFailurePolicy,
+}
+
+impl KlikitWebhookLayer {
+    /// The default body limit: 1 MiB. Klikit does not publish a maximum; an
+    /// order event is a few KiB, and a batch of many orders stays far below.
+    pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+    /// The default body read timeout: 5 s, half of Klikit's 10 s delivery
+    /// deadline. A genuine body arrives in milliseconds; a sender trickling
+    /// bytes gets 408 instead of holding a connection.
+    pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(5);
+    /// The default lease: 60 s. A claim whose holder crashed blocks retries
+    /// (409) for at most this long. It must exceed your handler's longest run;
+    /// Klikit stops waiting after 10 s, so a handler should answer well before.
+    pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+    /// The default retention of processed ids: 24 h, the window Klikit's
+    /// reference receivers use.
+    pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+    /// The default timeout of each store operation: 2 s, well inside Klikit's
+    /// 10 s deadline so the answer (503) still reaches Klikit.
+    pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(2);
+
+    /// A layer that verifies with `secret` and deduplicates in a
+    /// [`MemoryStore`].
+    pub fn new(secret: WebhookSecret) -> Self {
+        Self {
+            config: Arc::new(Config {
+                verifier: Verifier::new(secret),
+                store: Arc::new(MemoryStore::new()),
+                body_limit: Self::DEFAULT_BODY_LIMIT,
+                body_timeout: Self::DEFAULT_BODY_TIMEOUT,
+                lease: Self::DEFAULT_LEASE,
+                retention: Self::DEFAULT_RETENTION,
+                store_timeout: Self::DEFAULT_STORE_TIMEOUT,
+                store_failure: StoreFailurePolicy::FailClosed,
+            }),
+        }
+    }
+
+    fn config_mut(&mut self) -> &mut Config {
+        Arc::make_mut(&mut self.config)
+    }
+
+    /// Also accepts signatures made with `secret`.
+    ///
+    /// Klikit switches secrets with no overlap window, so during a rotation
+    /// deploy with both the new and the old secret, then remove the old one.
+    /// Every secret is tried on every delivery (the time does not reveal
+    /// which matched); [`KlikitEvent::secret_index`](crate::KlikitEvent::secret_index)
+    /// tells which one did.
+    pub fn with_secret(mut self, secret: WebhookSecret) -> Self {
+        let config = self.config_mut();
+        config.verifier = config.verifier.clone().with_secret(secret);
+        self
+    }
+
+    /// Uses `store` for deduplication instead of the default [`MemoryStore`].
+    ///
+    /// Pass an `Arc<S>` to keep a handle to the same store.
+    pub fn with_store(mut self, store: impl DedupStore) -> Self {
+        self.config_mut().store = Arc::new(store);
+        self
+    }
+
+    /// Uses an already shared store.
+    pub fn with_shared_store(mut self, store: Arc<dyn DedupStore>) -> Self {
+        self.config_mut().store = store;
+        self
+    }
+
+    /// The largest body accepted, in bytes (default
+    /// [`DEFAULT_BODY_LIMIT`](Self::DEFAULT_BODY_LIMIT)). Larger bodies get
+    /// 413, and never more than this many bytes are buffered.
+    pub fn with_body_limit(mut self, bytes: usize) -> Self {
+        self.config_mut().body_limit = bytes;
+        self
+    }
+
+    /// How long the whole body may take to arrive (default
+    /// [`DEFAULT_BODY_TIMEOUT`](Self::DEFAULT_BODY_TIMEOUT)); later gets 408.
+    pub fn with_body_timeout(mut self, timeout: Duration) -> Self {
+        self.config_mut().body_timeout = timeout;
+        self
+    }
+
+    /// How long a claim blocks other deliveries of the same event before it
+    /// is considered abandoned (default [`DEFAULT_LEASE`](Self::DEFAULT_LEASE)).
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.config_mut().lease = lease;
+        self
+    }
+
+    /// How long a processed event id is remembered (default
+    /// [`DEFAULT_RETENTION`](Self::DEFAULT_RETENTION)).
+    pub fn with_retention(mut self, retention: Duration) -> Self {
+        self.config_mut().retention = retention;
+        self
+    }
+
+    /// The timeout of each store operation (default
+    /// [`DEFAULT_STORE_TIMEOUT`](Self::DEFAULT_STORE_TIMEOUT)).
+    pub fn with_store_timeout(mut self, timeout: Duration) -> Self {
+        self.config_mut().store_timeout = timeout;
+        self
+    }
+
+    /// What to do when the store fails (default
+    /// [`StoreFailurePolicy::FailClosed`]).
+    pub fn with_store_failure(mut self, policy: StoreFailurePolicy) -> Self {
+        self.config_mut().store_failure = policy;
+        self
+    }
+}
+
+impl fmt::Debug for KlikitWebhookLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.config.fmt(f)
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KlikitWebhookLayer")
+            .field("secrets", &self.verifier.secret_count())
+            .field("store", &self.store)
+            .field("body_limit", &self.body_limit)
+            .field("body_timeout", &self.body_timeout)
+            .field("lease", &self.lease)
+            .field("retention", &self.retention)
+            .field("store_timeout", &self.store_timeout)
+            .field("store_failure", &self.store_failure)
+            .finish()
+    }
+}
+
+impl<S> Layer<S> for KlikitWebhookLayer {
+    type Service = KlikitWebhookService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        KlikitWebhookService {
+            inner,
+            config: self.config.clone(),
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! Receive [Klikit](https://developer.klikit.io) order webhooks safely in any
+//! tower-based server: axum, hyper, tonic.
+//!
+//! [`KlikitWebhookLayer`] reads the raw body under a size limit, verifies
+//! `x-klikit-signature` (hex HMAC-SHA256 of the raw bytes) in constant time,
+//! deduplicates on `x-klikit-event-id` with a two-phase claim in a pluggable
+//! [`DedupStore`], and hands the handler a typed [`KlikitEvent`]. Handlers only
+//! ever see authenticated, unique events, and an event whose handler failed is
+//! processed again on Klikit's retry.
+//!
+//! # Quick start
+//!
+//! ```
+//! use axum::{Router, body::Body, http::StatusCode, routing::post};
+//! use klikit_webhook::{KlikitEvent, KlikitWebhookLayer, WebhookSecret, testing::signed_request};
+//! use tower::ServiceExt;
+//!
+//! async fn handle(event: KlikitEvent) -> StatusCode {
+//!     let envelope = event.payload().expect("documented envelope");
+//!     println!("{}: {} order(s) for branch {}", event.event_type(), envelope.orders.len(), envelope.branch_id);
+//!     StatusCode::OK
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let secret = WebhookSecret::new("a-long-random-webhook-secret").unwrap();
+//! let app = Router::new()
+//!     .route("/webhooks/klikit", post(handle))
+//!     .layer(KlikitWebhookLayer::new(secret));
+//!
+//! let body = r#"{"brand_id":663,"branch_id":1062,"orders":[{"id":7585307,"status":5}]}"#;
+//! let request = signed_request::<Body>("a-long-random-webhook-secret", "evt-1", "klikit.order.status.updated", body);
+//! let response = app.clone().oneshot(request).await.unwrap();
+//! assert_eq!(response.status(), StatusCode::OK);
+//!
+//! // Klikit retries with the same id: the handler is not called again.
+//! let request = signed_request::<Body>("a-long-random-webhook-secret", "evt-1", "klikit.order.status.updated", body);
+//! let response = app.oneshot(request).await.unwrap();
+//! assert_eq!(response.status(), StatusCode::OK); // {"status":"duplicate-ignored"}
+//! # }
+//! ```
+//!
+//! # Answers
+//!
+//! | condition | status | handler called |
+//! |---|---|---|
+//! | a Klikit header missing, empty, repeated or invalid | 400 | no |
+//! | body over the limit (default 1 MiB) | 413 | no |
+//! | body not received within the read timeout (default 5 s) | 408 | no |
+//! | signature malformed or wrong | 401 | no |
+//! | event already processed | 200 `{"status":"duplicate-ignored"}` | no |
+//! | event being processed by another delivery | 409 + `Retry-After` | no |
+//! | dedup store failed or timed out | 503 + `Retry-After` | no (unless failing open) |
+//! | otherwise | the handler's answer; 2xx completes the claim, anything else releases it | yes |
+//!
+//! Klikit retries every non-2xx answer, so nothing refused here is lost.
+//!
+//! # How deduplication works
+//!
+//! ```text
+//! Klikit            layer                         store              handler
+//!   |-- POST id=E -->|-- claim(E, lease) ------------>|                   |
+//!   |                |<-- New(lease) ----------------|                   |
+//!   |                |-- request + KlikitEvent ------------------------->|
+//!   |                |<-- 2xx -------------------------------------------|
+//!   |                |-- complete(lease, 24h) ------->|                   |
+//!   |<-- 2xx --------|                                |                   |
+//!   |-- retry id=E ->|-- claim(E) ------------------->|                   |
+//!   |<-- 200 duplicate-ignored <-- Done --------------|                   |
+//! ```
+//!
+//! A handler that fails (non-2xx, error, panic, dropped connection) releases
+//! the claim, so the retry is processed. A process that dies holding a claim
+//! leaves it to expire after the lease (default 60 s). Meanwhile a concurrent
+//! delivery of the same id gets 409 and Klikit retries it later.
+//!
+//! # Other stacks
+//!
+//! The service accepts any request body and passes the inner service a
+//! `Request<http_body_util::Full<Bytes>>`, so it fits a hyper `service_fn`,
+//! `tower::ServiceBuilder` and tonic's layer stack as well as axum's
+//! `Router::layer` and `Router::route_layer`.
+//!
+//! # Features
+//!
+//! | feature | default | enables |
+//! |---|---|---|
+//! | `axum` | yes | the [`KlikitEvent`] and [`KlikitPayload`] extractors |
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+mod error;
+mod event;
+#[cfg(feature = "axum")]
+mod extract;
+mod layer;
+pub mod payload;
+mod rejection;
+mod secret;
+mod service;
+pub mod signature;
+pub mod store;
+pub mod testing;
+
+pub use error::ConfigError;
+pub use event::{
+    EVENT_ID_HEADER, EVENT_TYPE_HEADER, EventId, EventType, InvalidEventId, KlikitEvent, MAX_EVENT_ID_LEN,
+    SIGNATURE_HEADER,
+};
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub use extract::{KlikitPayload, MissingWebhookLayer, PayloadRejection};
+pub use layer::{KlikitWebhookLayer, StoreFailurePolicy};
+pub use rejection::{Rejection, RejectionKind, ResponseBody};
+pub use secret::{RECOMMENDED_MIN_SECRET_LEN, SECRET_ENV_VAR, WebhookSecret};
+pub use service::{KlikitWebhookService, ResponseFuture};
+pub use store::{DedupStore, MemoryStore, StoreError};

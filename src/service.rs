@@ -1,0 +1,511 @@
+//! [`KlikitWebhookService`] and its [`ResponseFuture`].
+
+use std::{
+    fmt,
+    future::{Future, poll_fn},
+    pin::{Pin, pin},
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::Full;
+use tower_service::Service;
+use tracing::Instrument;
+
+use crate::{
+    EventId, EventType, KlikitEvent, KlikitWebhookLayer,
+    event::{EVENT_ID_HEADER, EVENT_TYPE_HEADER, MAX_EVENT_ID_LEN, SIGNATURE_HEADER},
+    layer::{Config, StoreFailurePolicy},
+    rejection::{DUPLICATE_BODY, Rejection, RejectionKind, ResponseBody, json_response},
+    signature::{SignatureError, VerifyState, parse_signature},
+    store::{Claim, DedupStore, Lease, StoreError},
+};
+
+const SIGNATURE: HeaderName = HeaderName::from_static(SIGNATURE_HEADER);
+const EVENT_ID: HeaderName = HeaderName::from_static(EVENT_ID_HEADER);
+const EVENT_TYPE: HeaderName = HeaderName::from_static(EVENT_TYPE_HEADER);
+
+/// After a body is found too large, up to this many further bytes are read
+/// and thrown away before answering 413. A sender that writes its whole body
+/// before reading the answer then gets the 413 instead of a connection reset
+/// (closing a socket with unread data makes the kernel send RST). Bodies
+/// larger than this still get the 413 but may see the reset.
+const DRAIN_LIMIT: usize = 8 * 1024 * 1024;
+
+/// The service made by [`KlikitWebhookLayer`]. See the layer for what it does.
+///
+/// It passes the inner service a `Request<Full<Bytes>>` that holds the
+/// verified bytes, with a [`KlikitEvent`] in the extensions, and returns the
+/// inner service's response (or its own JSON answer in the same body type).
+pub struct KlikitWebhookService<S> {
+    pub(crate) inner: S,
+    pub(crate) config: Arc<Config>,
+}
+
+impl<S> KlikitWebhookService<S> {
+    /// Wraps `inner` with the configuration of `layer`.
+    pub fn new(inner: S, layer: &KlikitWebhookLayer) -> Self {
+        Self {
+            inner,
+            config: layer.config.clone(),
+        }
+    }
+
+    /// A reference to the inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// A mutable reference to the inner service.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone> Clone for KlikitWebhookService<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for KlikitWebhookService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KlikitWebhookService")
+            .field("inner", &self.inner)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for KlikitWebhookService<S>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Body + Send + 'static,
+    ReqBody::Data: Send,
+    ResBody: ResponseBody + Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<ResBody, S::Error>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        // The readied service goes into the future; a clone stays behind.
+        // https://docs.rs/tower/latest/tower/trait.Service.html#be-careful-when-cloning-inner-services
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture {
+            inner: Box::pin(handle(self.config.clone(), inner, request)),
+        }
+    }
+}
+
+/// The future returned by [`KlikitWebhookService`].
+pub struct ResponseFuture<B, E> {
+    inner: Pin<Box<dyn Future<Output = Result<Response<B>, E>> + Send>>,
+}
+
+impl<B, E> Future for ResponseFuture<B, E> {
+    type Output = Result<Response<B>, E>;
+
+    #[inline]
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl<B, E> fmt::Debug for ResponseFuture<B, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+fn reject<B: ResponseBody>(kind: RejectionKind) -> Response<B> {
+    Rejection::new(kind).into_response()
+}
+
+async fn handle<S, ReqBody, ResBody>(
+    config: Arc<Config>,
+    inner: S,
+    request: Request<ReqBody>,
+) -> Result<Response<ResBody>, S::Error>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>> + Send,
+    S::Future: Send,
+    S::Error: Send,
+    ReqBody: Body + Send,
+    ReqBody::Data: Send,
+    ResBody: ResponseBody,
+{
+    let (parts, body) = request.into_parts();
+    let delivery = match DeliveryHeaders::parse(&parts.headers) {
+        Ok(delivery) => delivery,
+        Err(kind) => {
+            tracing::warn!(outcome = "rejected", reason = %Rejection::new(kind.clone()), "klikit delivery rejected");
+            // Read (and drop) the body so the sender gets the answer, not a reset.
+            drain(body, DRAIN_LIMIT, config.body_timeout).await;
+            return Ok(reject(kind));
+        }
+    };
+    let span = tracing::info_span!(
+        "klikit_webhook",
+        event_id = %delivery.id,
+        event_type = %delivery.event_type,
+    );
+    process(config, inner, parts, body, delivery).instrument(span).await
+}
+
+async fn process<S, ReqBody, ResBody>(
+    config: Arc<Config>,
+    mut inner: S,
+    mut parts: http::request::Parts,
+    body: ReqBody,
+    delivery: DeliveryHeaders,
+) -> Result<Response<ResBody>, S::Error>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>>,
+    ReqBody: Body,
+    ResBody: ResponseBody,
+{
+    let mut verify = config.verifier.start();
+    let bytes = match read_body(body, config.body_limit, config.body_timeout, &mut verify).await {
+        Ok(bytes) => bytes,
+        Err(kind) => {
+            tracing::warn!(outcome = "rejected", reason = %Rejection::new(kind.clone()), "klikit delivery rejected");
+            return Ok(reject(kind));
+        }
+    };
+    let secret_index = match delivery.signature.and_then(|expected| verify.finish(&expected)) {
+        Ok(index) => index,
+        Err(error) => {
+            tracing::warn!(outcome = "rejected", reason = %error, "klikit delivery rejected: invalid signature");
+            return Ok(reject(RejectionKind::InvalidSignature(error)));
+        }
+    };
+    tracing::trace!(secret_index, "signature verified");
+
+    let store = &config.store;
+    let claim = with_timeout(config.store_timeout, store.claim(&delivery.id, config.lease)).await;
+    let guard = match claim {
+        Ok(Claim::New(lease)) => Some(ClaimGuard::new(store.clone(), lease, &config)),
+        Ok(Claim::Done) => {
+            tracing::debug!(
+                outcome = "duplicate",
+                "klikit event already processed; duplicate ignored"
+            );
+            return Ok(json_response(StatusCode::OK, DUPLICATE_BODY));
+        }
+        Ok(Claim::InFlight { retry_after }) => {
+            let retry_after = retry_after.unwrap_or(Duration::from_secs(1));
+            tracing::info!(
+                outcome = "in_flight",
+                ?retry_after,
+                "klikit event is being processed by another delivery"
+            );
+            return Ok(reject(RejectionKind::InFlight { retry_after }));
+        }
+        Err(error) => match config.store_failure {
+            StoreFailurePolicy::FailClosed => {
+                tracing::error!(outcome = "store_error", %error, "dedup store failed; answering 503");
+                return Ok(reject(RejectionKind::StoreUnavailable));
+            }
+            StoreFailurePolicy::FailOpen => {
+                tracing::error!(outcome = "store_error", %error, "dedup store failed; failing open, event not deduplicated");
+                None
+            }
+        },
+    };
+
+    let event = KlikitEvent::new(delivery.id, delivery.event_type, bytes.clone()).with_secret_index(secret_index);
+    parts.extensions.insert(event);
+    if let Some(signature) = parts.headers.get_mut(SIGNATURE) {
+        signature.set_sensitive(true);
+    }
+    let request = Request::from_parts(parts, Full::new(bytes));
+    tracing::debug!(outcome = "received", "klikit event received");
+
+    let result = inner.call(request).await;
+    // Read the status now: the response itself need not be Sync.
+    let status = result.as_ref().ok().map(Response::status);
+    match (status, guard) {
+        (Some(status), Some(guard)) if status.is_success() => guard.complete().await,
+        (Some(status), Some(guard)) => {
+            tracing::warn!(%status, "handler failed; claim released for the retry");
+            guard.release().await;
+        }
+        (None, Some(guard)) => {
+            tracing::warn!("handler returned an error; claim released for the retry");
+            guard.release().await;
+        }
+        (_, None) => {}
+    }
+    result
+}
+
+/// The three Klikit headers, checked.
+struct DeliveryHeaders {
+    /// The decoded signature, or why it could not be decoded (reported as a
+    /// 401 after the body was read, like a mismatch).
+    signature: Result<[u8; 32], SignatureError>,
+    id: EventId,
+    event_type: EventType,
+}
+
+impl DeliveryHeaders {
+    fn parse(headers: &HeaderMap) -> Result<Self, RejectionKind> {
+        let signature = single(headers, &SIGNATURE, SIGNATURE_HEADER)?;
+        let id = single(headers, &EVENT_ID, EVENT_ID_HEADER)?;
+        let event_type = single(headers, &EVENT_TYPE, EVENT_TYPE_HEADER)?;
+        let id = EventId::from_header_bytes(id.as_bytes()).map_err(RejectionKind::InvalidEventId)?;
+        let event_type = event_type
+            .to_str()
+            .ok()
+            .filter(|name| name.len() <= MAX_EVENT_ID_LEN && name.bytes().all(|b| b.is_ascii_graphic()))
+            .map(EventType::from_name)
+            .ok_or(RejectionKind::InvalidHeader(EVENT_TYPE_HEADER))?;
+        Ok(Self {
+            signature: parse_signature(signature.as_bytes()),
+            id,
+            event_type,
+        })
+    }
+}
+
+/// The header's only value: absent or empty is "missing", repeated is
+/// "invalid" (two event ids or two signatures are ambiguous).
+fn single<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+    label: &'static str,
+) -> Result<&'a HeaderValue, RejectionKind> {
+    let mut values = headers.get_all(name).iter();
+    let value = values.next().ok_or(RejectionKind::MissingHeader(label))?;
+    if values.next().is_some() {
+        return Err(RejectionKind::InvalidHeader(label));
+    }
+    if value.is_empty() {
+        return Err(RejectionKind::MissingHeader(label));
+    }
+    Ok(value)
+}
+
+/// Reads the whole body, at most `limit` bytes within `timeout`, feeding
+/// each frame to the verifier as it arrives.
+///
+/// A body that arrives in one frame is returned as that frame's `Bytes`
+/// without a copy; several frames are gathered into one buffer sized from the
+/// body's size hint.
+async fn read_body<B: Body>(
+    body: B,
+    limit: usize,
+    timeout: Duration,
+    verify: &mut VerifyState,
+) -> Result<Bytes, RejectionKind> {
+    let hint = body.size_hint();
+    if hint.lower() > limit as u64 {
+        drain(body, DRAIN_LIMIT, timeout).await;
+        return Err(RejectionKind::PayloadTooLarge { limit });
+    }
+    let mut body = pin!(body);
+    let mut sleep = pin!(tokio::time::sleep(timeout));
+    let mut first: Option<Bytes> = None;
+    let mut gathered: Option<BytesMut> = None;
+    let mut total = 0usize;
+    loop {
+        let frame = poll_fn(|cx| next_frame(body.as_mut(), sleep.as_mut(), cx)).await;
+        let frame = match frame {
+            Next::Frame(frame) => frame,
+            Next::End => break,
+            Next::Error => return Err(RejectionKind::BodyRead),
+            Next::TimedOut => return Err(RejectionKind::BodyTimeout),
+        };
+        let Ok(mut data) = frame.into_data() else {
+            continue; // trailers carry nothing we verify
+        };
+        let len = data.remaining();
+        total = total.saturating_add(len);
+        if total > limit {
+            drain_pinned(body, sleep, DRAIN_LIMIT).await;
+            return Err(RejectionKind::PayloadTooLarge { limit });
+        }
+        let chunk = data.copy_to_bytes(len);
+        verify.update(&chunk);
+        if let Some(buffer) = gathered.as_mut() {
+            buffer.extend_from_slice(&chunk);
+        } else if let Some(previous) = first.take() {
+            let expected = hint.upper().unwrap_or(hint.lower()).min(limit as u64) as usize;
+            let mut buffer = BytesMut::with_capacity(expected.max(previous.len() + chunk.len()));
+            buffer.extend_from_slice(&previous);
+            buffer.extend_from_slice(&chunk);
+            gathered = Some(buffer);
+        } else {
+            first = Some(chunk);
+        }
+    }
+    Ok(match gathered {
+        Some(buffer) => buffer.freeze(),
+        None => first.unwrap_or_default(),
+    })
+}
+
+enum Next<D> {
+    Frame(http_body::Frame<D>),
+    End,
+    Error,
+    TimedOut,
+}
+
+fn next_frame<B: Body>(
+    body: Pin<&mut B>,
+    sleep: Pin<&mut tokio::time::Sleep>,
+    cx: &mut Context<'_>,
+) -> Poll<Next<B::Data>> {
+    // The body first: a body that is already buffered never arms the timer.
+    match body.poll_frame(cx) {
+        Poll::Ready(Some(Ok(frame))) => return Poll::Ready(Next::Frame(frame)),
+        Poll::Ready(Some(Err(_))) => return Poll::Ready(Next::Error),
+        Poll::Ready(None) => return Poll::Ready(Next::End),
+        Poll::Pending => {}
+    }
+    match sleep.poll(cx) {
+        Poll::Ready(()) => Poll::Ready(Next::TimedOut),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+/// Reads and discards up to `limit` bytes of `body` within `timeout`.
+async fn drain<B: Body>(body: B, limit: usize, timeout: Duration) {
+    if body.is_end_stream() {
+        return;
+    }
+    let body = pin!(body);
+    let sleep = pin!(tokio::time::sleep(timeout));
+    drain_pinned(body, sleep, limit).await;
+}
+
+async fn drain_pinned<B: Body>(mut body: Pin<&mut B>, mut sleep: Pin<&mut tokio::time::Sleep>, limit: usize) {
+    let mut drained = 0usize;
+    while drained <= limit {
+        match poll_fn(|cx| next_frame(body.as_mut(), sleep.as_mut(), cx)).await {
+            Next::Frame(frame) => {
+                if let Some(data) = frame.data_ref() {
+                    drained = drained.saturating_add(data.remaining());
+                }
+            }
+            Next::End | Next::Error | Next::TimedOut => return,
+        }
+    }
+}
+
+async fn with_timeout<T>(
+    timeout: Duration,
+    operation: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(timeout, operation).await {
+        Ok(result) => result,
+        Err(_) => Err(StoreError::Timeout(timeout)),
+    }
+}
+
+/// Owns a [`Claim::New`] lease until the handler's outcome is known.
+///
+/// If the request future is dropped first (the connection closed, the server
+/// shut down, the handler panicked), `Drop` finishes the claim on a spawned
+/// task: it releases the claim, or completes it if the handler had already
+/// succeeded, so neither a lost event nor a double processing is left behind.
+/// Without a Tokio runtime to spawn on, the lease simply expires.
+struct ClaimGuard {
+    store: Arc<dyn DedupStore>,
+    lease: Option<Lease>,
+    retention: Duration,
+    timeout: Duration,
+    succeeded: bool,
+}
+
+impl ClaimGuard {
+    fn new(store: Arc<dyn DedupStore>, lease: Lease, config: &Config) -> Self {
+        Self {
+            store,
+            lease: Some(lease),
+            retention: config.retention,
+            timeout: config.store_timeout,
+            succeeded: false,
+        }
+    }
+
+    async fn complete(mut self) {
+        self.succeeded = true;
+        if let Some(lease) = &self.lease {
+            finish(&*self.store, lease, true, self.retention, self.timeout).await;
+        }
+        self.lease = None;
+    }
+
+    async fn release(mut self) {
+        if let Some(lease) = &self.lease {
+            finish(&*self.store, lease, false, self.retention, self.timeout).await;
+        }
+        self.lease = None;
+    }
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        let complete = self.succeeded;
+        tracing::warn!(
+            complete,
+            panicking = std::thread::panicking(),
+            "klikit delivery ended before its claim was finished; finishing it in the background"
+        );
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (store, retention, timeout) = (self.store.clone(), self.retention, self.timeout);
+        runtime.spawn(async move { finish(&*store, &lease, complete, retention, timeout).await });
+    }
+}
+
+async fn finish(store: &dyn DedupStore, lease: &Lease, complete: bool, retention: Duration, timeout: Duration) {
+    let result = if complete {
+        with_timeout(timeout, store.complete(lease, retention)).await
+    } else {
+        with_timeout(timeout, store.release(lease)).await
+    };
+    match (result, complete) {
+        (Ok(true), true) => tracing::trace!("claim completed"),
+        (Ok(true), false) => tracing::trace!("claim released"),
+        (Ok(false), _) => tracing::warn!(
+            complete,
+            "claim had expired and was taken over before it was finished; the event may be processed again"
+        ),
+        (Err(error), true) => tracing::error!(
+            %error,
+            "could not record the processed event; a retry after the lease expires will be processed again"
+        ),
+        (Err(error), false) => tracing::error!(
+            %error,
+            "could not release the claim; the retry is processed once the lease expires"
+        ),
+    }
+}

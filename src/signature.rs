@@ -1,0 +1,193 @@
+//! Signing and constant-time verification of `x-klikit-signature`.
+//!
+//! Klikit signs each delivery with `hex(HMAC-SHA256(secret, raw body))`:
+//! 64 hex digits, no prefix, computed over the exact bytes on the wire.
+//!
+//! ```
+//! use klikit_webhook::{WebhookSecret, signature::{Verifier, sign}};
+//!
+//! let secret = WebhookSecret::new("a-long-random-webhook-secret").unwrap();
+//! let body = br#"{"brand_id":1,"branch_id":2,"orders":[]}"#;
+//! let header = sign(secret.expose(), body);
+//! assert_eq!(header.len(), 64);
+//!
+//! let verifier = Verifier::new(secret);
+//! assert_eq!(verifier.verify(body, header.as_bytes()), Ok(0));
+//! assert!(verifier.verify(b"{}", header.as_bytes()).is_err());
+//! ```
+
+use std::fmt;
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
+
+use crate::WebhookSecret;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The length of a signature in hex digits.
+pub const SIGNATURE_HEX_LEN: usize = 64;
+
+/// Returns `hex(HMAC-SHA256(secret, body))` in lowercase, the value Klikit
+/// puts in `x-klikit-signature`.
+///
+/// The same as `printf '%s' "$BODY" | openssl dgst -sha256 -hmac "$SECRET"`.
+///
+/// ```
+/// let sig = klikit_webhook::signature::sign(b"key", b"The quick brown fox jumps over the lazy dog");
+/// assert_eq!(sig, "f7bc83f430538424b13298e6aa6fb143ef4d59a14946175997479dbc2d1a3cd8");
+/// ```
+pub fn sign(secret: &[u8], body: &[u8]) -> String {
+    let mut mac = keyed(secret);
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+fn keyed(secret: &[u8]) -> HmacSha256 {
+    // HMAC accepts keys of any length; `new_from_slice` cannot fail for it.
+    match HmacSha256::new_from_slice(secret) {
+        Ok(mac) => mac,
+        Err(_) => unreachable!("HMAC-SHA256 takes keys of any length"),
+    }
+}
+
+/// Why a signature was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SignatureError {
+    /// The header is not exactly 64 hex digits.
+    #[error("signature is not 64 hex digits")]
+    Malformed,
+    /// The signature does not match the body under any configured secret.
+    #[error("signature does not match the body")]
+    Mismatch,
+}
+
+/// Verifies signatures against one or more secrets in constant time.
+///
+/// Keyed HMAC states are computed once, at construction; verifying clones
+/// them. With several secrets (during a rotation) every secret is tried on
+/// every delivery, so the time taken does not reveal which one matched.
+#[derive(Clone)]
+pub struct Verifier {
+    keys: Vec<HmacSha256>,
+    // Kept so that the key material is wiped when the verifier is dropped.
+    _secrets: Vec<WebhookSecret>,
+}
+
+impl fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Verifier")
+            .field("secrets", &self.keys.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Verifier {
+    /// A verifier for one secret.
+    pub fn new(secret: WebhookSecret) -> Self {
+        Self {
+            keys: vec![keyed(secret.expose())],
+            _secrets: vec![secret],
+        }
+    }
+
+    /// Also accepts signatures made with `secret` (for example the previous
+    /// secret while a rotation is deployed). Secrets are numbered in the order
+    /// they were added, the first one 0.
+    #[must_use]
+    pub fn with_secret(mut self, secret: WebhookSecret) -> Self {
+        self.keys.push(keyed(secret.expose()));
+        self._secrets.push(secret);
+        self
+    }
+
+    /// The number of secrets tried on each delivery.
+    pub fn secret_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Verifies `signature` (the raw header value) over `body`.
+    ///
+    /// Returns the index of the secret that matched.
+    ///
+    /// # Errors
+    ///
+    /// [`SignatureError::Malformed`] if the header is not 64 hex digits (either
+    /// case), [`SignatureError::Mismatch`] if no secret produces it.
+    pub fn verify(&self, body: &[u8], signature: &[u8]) -> Result<usize, SignatureError> {
+        let expected = parse_signature(signature)?;
+        let mut state = self.start();
+        state.update(body);
+        state.finish(&expected)
+    }
+
+    /// Starts an incremental verification, for bodies that arrive in frames.
+    pub fn start(&self) -> VerifyState {
+        VerifyState {
+            macs: self.keys.clone(),
+        }
+    }
+}
+
+/// An incremental verification started by [`Verifier::start`].
+#[derive(Clone)]
+pub struct VerifyState {
+    macs: Vec<HmacSha256>,
+}
+
+impl fmt::Debug for VerifyState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifyState").finish_non_exhaustive()
+    }
+}
+
+impl VerifyState {
+    /// Feeds the next bytes of the body.
+    pub fn update(&mut self, bytes: &[u8]) {
+        for mac in &mut self.macs {
+            mac.update(bytes);
+        }
+    }
+
+    /// Compares the finished HMACs with `expected`, the decoded signature.
+    ///
+    /// All 32 bytes are compared for every secret, whatever the outcome.
+    ///
+    /// # Errors
+    ///
+    /// [`SignatureError::Mismatch`] if no secret matched.
+    pub fn finish(self, expected: &[u8; 32]) -> Result<usize, SignatureError> {
+        let mut matched = Choice::from(0);
+        let mut index = 0u64;
+        for (i, mac) in self.macs.into_iter().enumerate() {
+            let tag = mac.finalize().into_bytes();
+            let equal = tag.as_slice().ct_eq(expected.as_slice());
+            // Remember the first matching index without branching on secrets.
+            let take = equal & !matched;
+            index.conditional_assign(&(i as u64), take);
+            matched |= equal;
+        }
+        if bool::from(matched) {
+            Ok(usize::try_from(index).unwrap_or(usize::MAX))
+        } else {
+            Err(SignatureError::Mismatch)
+        }
+    }
+}
+
+/// Decodes a signature header: exactly 64 hex digits, either case.
+///
+/// # Errors
+///
+/// [`SignatureError::Malformed`] for anything else, including a `sha256=`
+/// prefix and surrounding whitespace.
+pub fn parse_signature(header: &[u8]) -> Result<[u8; 32], SignatureError> {
+    if header.len() != SIGNATURE_HEX_LEN {
+        return Err(SignatureError::Malformed);
+    }
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(header, &mut out).map_err(|_| SignatureError::Malformed)?;
+    Ok(out)
+}

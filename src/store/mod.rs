@@ -1,0 +1,296 @@
+//! Deduplication stores: the [`DedupStore`] trait and its backends.
+//!
+//! Klikit retries a failed delivery with the same `x-klikit-event-id`, so a
+//! receiver must remember which events it has already processed. Remembering
+//! too early loses events (the id is marked seen, then the handler fails and
+//! every retry is ignored); remembering too late processes them twice (two
+//! concurrent retries both pass a "have I seen it?" check). The store therefore
+//! works in **two phases**, each of them atomic in the backend:
+//!
+//! 1. [`claim`](DedupStore::claim) the event id before the handler runs. Exactly
+//!    one caller gets [`Claim::New`] with a [`Lease`]; everybody else gets
+//!    [`Claim::InFlight`] (someone holds an unexpired lease) or [`Claim::Done`]
+//!    (the event was processed).
+//! 2. When the handler answered 2xx, [`complete`](DedupStore::complete) the lease:
+//!    the id is remembered as done for the retention period. When it failed,
+//!    [`release`](DedupStore::release) the lease so that Klikit's next retry
+//!    is processed. A holder that crashed does neither; its lease expires and
+//!    the next claim wins it.
+//!
+//! Every lease carries a [`LeaseToken`] that is unique to that claim.
+//! `complete` and `release` act only when the token still matches the stored
+//! claim, so a stale lease (one that expired and was claimed again by someone
+//! else) can never finish or drop the newer claim.
+//!
+//! # Backends
+//!
+//! | store | feature | shared between instances | survives restart |
+//! |---|---|---|---|
+//! | [`MemoryStore`] | always | no | no |
+//! | `SqliteStore` | `sqlite` | processes on one host | yes |
+//! | `RedisStore` | `redis` | yes | yes (with Redis persistence) |
+//! | `PostgresStore` | `postgres` | yes | yes |
+//!
+//! # Writing your own store
+//!
+//! Implement the three methods with the semantics documented on each. The
+//! whole contract fits in a small struct; this one keeps its state in a
+//! mutex-guarded map (see `examples/custom_store.rs` for a runnable version):
+//!
+//! ```
+//! use std::{collections::HashMap, sync::Mutex, time::{Duration, Instant}};
+//! use klikit_webhook::{EventId, store::{Claim, DedupStore, Lease, LeaseToken, Result}};
+//!
+//! #[derive(Debug, Default)]
+//! struct MapStore(Mutex<HashMap<EventId, (Option<LeaseToken>, Instant)>>);
+//!
+//! #[async_trait::async_trait]
+//! impl DedupStore for MapStore {
+//!     async fn claim(&self, id: &EventId, lease: Duration) -> Result<Claim> {
+//!         let mut map = self.0.lock().unwrap();
+//!         let now = Instant::now();
+//!         match map.get(id) {
+//!             Some((Some(_), until)) if *until > now => {
+//!                 return Ok(Claim::InFlight { retry_after: Some(*until - now) });
+//!             }
+//!             Some((None, until)) if *until > now => return Ok(Claim::Done),
+//!             _ => {}
+//!         }
+//!         let token = LeaseToken::generate();
+//!         map.insert(id.clone(), (Some(token), now + lease));
+//!         Ok(Claim::New(Lease::new(id.clone(), token)))
+//!     }
+//!
+//!     async fn complete(&self, lease: &Lease, retain: Duration) -> Result<bool> {
+//!         let mut map = self.0.lock().unwrap();
+//!         match map.get_mut(lease.event_id()) {
+//!             Some(entry) if entry.0 == Some(lease.token()) => {
+//!                 *entry = (None, Instant::now() + retain);
+//!                 Ok(true)
+//!             }
+//!             _ => Ok(false),
+//!         }
+//!     }
+//!
+//!     async fn release(&self, lease: &Lease) -> Result<bool> {
+//!         let mut map = self.0.lock().unwrap();
+//!         match map.get(lease.event_id()) {
+//!             Some((Some(token), _)) if *token == lease.token() => {
+//!                 map.remove(lease.event_id());
+//!                 Ok(true)
+//!             }
+//!             _ => Ok(false),
+//!         }
+//!     }
+//! }
+//! # let _ = klikit_webhook::KlikitWebhookLayer::new(
+//! #     klikit_webhook::WebhookSecret::new("secret-for-the-doc-test").unwrap(),
+//! # ).with_store(MapStore::default());
+//! ```
+//!
+//! (A real store also forgets expired entries; [`MemoryStore`] shows how.)
+
+use std::{
+    collections::hash_map::RandomState,
+    error::Error as StdError,
+    fmt,
+    hash::{BuildHasher, Hasher},
+    sync::{
+        OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use async_trait::async_trait;
+
+use crate::EventId;
+
+mod memory;
+
+pub use memory::MemoryStore;
+
+/// The result type of every [`DedupStore`] operation.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A boxed error from a store's backend.
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// A deduplication store with two-phase, lease-based claims.
+///
+/// See the [module docs](crate::store) for the protocol and a complete
+/// custom implementation. All three operations must be **atomic** with respect
+/// to each other for the same event id, across every process that shares the
+/// store.
+#[async_trait]
+pub trait DedupStore: fmt::Debug + Send + Sync + 'static {
+    /// Claims `event_id` for processing.
+    ///
+    /// Atomically:
+    /// - if there is no record for `event_id`, or its record is a claim whose
+    ///   lease has expired, or a completed record whose retention has expired:
+    ///   store a new claim with a fresh [`LeaseToken`] that expires after
+    ///   `lease`, and return [`Claim::New`];
+    /// - if an unexpired claim exists: return [`Claim::InFlight`], with the
+    ///   time left on that lease when the backend knows it;
+    /// - if an unexpired completed record exists: return [`Claim::Done`].
+    ///
+    /// # Errors
+    ///
+    /// Returns a [`StoreError`] when the backend cannot answer. The layer
+    /// then rejects the delivery with 503 (or, if configured to fail open,
+    /// runs the handler without a claim).
+    async fn claim(&self, event_id: &EventId, lease: Duration) -> Result<Claim>;
+
+    /// Marks the claim held by `lease` as done, remembered for `retain`.
+    ///
+    /// Acts only if the stored record for `lease.event_id()` is still the
+    /// claim with the same token. Once the lease has expired the store may
+    /// have forgotten the claim (and another caller may have claimed the
+    /// event again); then nothing changes. Returns `true` if the record was
+    /// completed and `false` if the lease was stale.
+    ///
+    /// # Errors
+    ///
+    /// Returns a [`StoreError`] when the backend cannot answer.
+    async fn complete(&self, lease: &Lease, retain: Duration) -> Result<bool>;
+
+    /// Gives up the claim held by `lease`, so the next claim for the event is
+    /// [`Claim::New`].
+    ///
+    /// Acts only if the stored record is a claim with the same token. Returns
+    /// `true` if the claim was removed and `false` if the lease was stale and
+    /// nothing was changed.
+    ///
+    /// # Errors
+    ///
+    /// Returns a [`StoreError`] when the backend cannot answer.
+    async fn release(&self, lease: &Lease) -> Result<bool>;
+}
+
+#[async_trait]
+impl<T: DedupStore + ?Sized> DedupStore for std::sync::Arc<T> {
+    async fn claim(&self, event_id: &EventId, lease: Duration) -> Result<Claim> {
+        (**self).claim(event_id, lease).await
+    }
+
+    async fn complete(&self, lease: &Lease, retain: Duration) -> Result<bool> {
+        (**self).complete(lease, retain).await
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<bool> {
+        (**self).release(lease).await
+    }
+}
+
+/// The answer of [`DedupStore::claim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The caller owns the event now and must complete or release the lease.
+    New(Lease),
+    /// Another caller holds an unexpired claim on the event.
+    InFlight {
+        /// Time left on the other caller's lease, if the backend knows it.
+        retry_after: Option<Duration>,
+    },
+    /// The event was processed; it must not be processed again.
+    Done,
+}
+
+/// Proof of a [`Claim::New`]: the event id and the token of that claim.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Lease {
+    event_id: EventId,
+    token: LeaseToken,
+}
+
+impl Lease {
+    /// Creates a lease; called by [`DedupStore`] implementations in
+    /// [`claim`](DedupStore::claim).
+    pub fn new(event_id: EventId, token: LeaseToken) -> Self {
+        Self { event_id, token }
+    }
+
+    /// The claimed event id.
+    pub fn event_id(&self) -> &EventId {
+        &self.event_id
+    }
+
+    /// The token that identifies this claim.
+    pub fn token(&self) -> LeaseToken {
+        self.token
+    }
+}
+
+/// A 128-bit value unique to one claim.
+///
+/// [`generate`](Self::generate) makes tokens that never repeat within a
+/// process (a counter) and, with overwhelming probability, never repeat
+/// across processes (a per-process random prefix). Stores persist it as
+/// [`as_u128`](Self::as_u128) or its [`Display`](fmt::Display) form (32
+/// lowercase hex digits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LeaseToken(u128);
+
+impl LeaseToken {
+    /// A fresh token, different from every token generated before.
+    pub fn generate() -> Self {
+        static PREFIX: OnceLock<u64> = OnceLock::new();
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let prefix = *PREFIX.get_or_init(|| {
+            // RandomState is seeded from the OS random source; mixing in the
+            // pid and the clock keeps prefixes apart even where it is not.
+            let mut hasher = RandomState::new().build_hasher();
+            hasher.write_u32(std::process::id());
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            hasher.write_u128(now.as_nanos());
+            hasher.finish()
+        });
+        let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+        Self((u128::from(prefix) << 64) | u128::from(count))
+    }
+
+    /// Rebuilds a token read back from a backend.
+    pub const fn from_u128(value: u128) -> Self {
+        Self(value)
+    }
+
+    /// The token as a number.
+    pub const fn as_u128(self) -> u128 {
+        self.0
+    }
+}
+
+impl fmt::Display for LeaseToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+/// A dedup store could not answer.
+///
+/// The layer turns every store error into a 503 with `Retry-After` (unless it
+/// was configured to fail open), so Klikit retries the delivery later.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The backend failed (connection lost, query error, ...).
+    #[error("dedup store backend error: {0}")]
+    Backend(#[source] BoxError),
+    /// The operation did not finish within the layer's store timeout.
+    #[error("dedup store did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The store is full of unexpired claims and cannot take another.
+    #[error("dedup store is full: {capacity} events are in flight; raise the capacity or wait for leases to expire")]
+    Full {
+        /// The store's configured capacity.
+        capacity: usize,
+    },
+}
+
+impl StoreError {
+    /// Wraps any backend error.
+    pub fn backend(error: impl Into<BoxError>) -> Self {
+        Self::Backend(error.into())
+    }
+}

@@ -28,9 +28,9 @@
 
 use std::fmt;
 
-use rust_decimal::Decimal;
+pub use rust_decimal::Decimal;
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
-use time::OffsetDateTime;
+pub use time::OffsetDateTime;
 
 /// What every Klikit order event carries.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

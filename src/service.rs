@@ -161,7 +161,9 @@ where
         Err(kind) => {
             tracing::warn!(outcome = "rejected", reason = %Rejection::new(kind.clone()), "klikit delivery rejected");
             // Read (and drop) the body so the sender gets the answer, not a reset.
-            drain(body, DRAIN_LIMIT, config.body_timeout).await;
+            if !expects_continue(&parts.headers) {
+                drain(body, DRAIN_LIMIT, config.body_timeout).await;
+            }
             return Ok(reject(kind));
         }
     };
@@ -186,7 +188,16 @@ where
     ResBody: ResponseBody,
 {
     let mut verify = config.verifier.start();
-    let bytes = match read_body(body, config.body_limit, config.body_timeout, &mut verify).await {
+    let expect_continue = expects_continue(&parts.headers);
+    let bytes = match read_body(
+        body,
+        config.body_limit,
+        config.body_timeout,
+        expect_continue,
+        &mut verify,
+    )
+    .await
+    {
         Ok(bytes) => bytes,
         Err(kind) => {
             tracing::warn!(outcome = "rejected", reason = %Rejection::new(kind.clone()), "klikit delivery rejected");
@@ -317,11 +328,16 @@ async fn read_body<B: Body>(
     body: B,
     limit: usize,
     timeout: Duration,
+    expect_continue: bool,
     verify: &mut VerifyState,
 ) -> Result<Bytes, RejectionKind> {
     let hint = body.size_hint();
     if hint.lower() > limit as u64 {
-        drain(body, DRAIN_LIMIT, timeout).await;
+        // A client waiting for `100 Continue` has not sent the body and will
+        // not, since the body is never polled: answer at once.
+        if !expect_continue {
+            drain(body, DRAIN_LIMIT, timeout).await;
+        }
         return Err(RejectionKind::PayloadTooLarge { limit });
     }
     let mut body = pin!(body);
@@ -389,6 +405,14 @@ fn next_frame<B: Body>(
         Poll::Ready(()) => Poll::Ready(Next::TimedOut),
         Poll::Pending => Poll::Pending,
     }
+}
+
+/// Whether the client waits for `100 Continue` before sending the body
+/// (hyper sends it only when the body is first polled).
+fn expects_continue(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::EXPECT)
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 /// Reads and discards up to `limit` bytes of `body` within `timeout`.

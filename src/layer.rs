@@ -73,6 +73,7 @@ pub(crate) struct Config {
     pub(crate) retention: Duration,
     pub(crate) store_timeout: Duration,
     pub(crate) store_failure: StoreFailurePolicy,
+    pub(crate) dedup_on_signature: bool,
 }
 
 impl KlikitWebhookLayer {
@@ -107,6 +108,7 @@ impl KlikitWebhookLayer {
                 retention: Self::DEFAULT_RETENTION,
                 store_timeout: Self::DEFAULT_STORE_TIMEOUT,
                 store_failure: StoreFailurePolicy::FailClosed,
+                dedup_on_signature: false,
             }),
         }
     }
@@ -186,6 +188,27 @@ impl KlikitWebhookLayer {
     }
 }
 
+impl KlikitWebhookLayer {
+    /// Also deduplicates on the body's signature (off by default).
+    ///
+    /// Klikit signs only the body: `x-klikit-event-id` is not covered, so
+    /// someone who captured a delivery can replay its body under a new event
+    /// id, and id deduplication alone lets it through. With this option a body
+    /// whose signature was already processed within the retention gets
+    /// `200 {"status":"duplicate-ignored"}` whatever its id. It also covers a
+    /// sender that gives each retry a fresh id (one reading of Klikit's docs).
+    ///
+    /// Trade-offs: one more store round trip for the claim and one for the
+    /// completion; and two genuinely different events with byte-identical
+    /// bodies would be merged (Klikit's bodies carry order ids and
+    /// `updated_at`, so this is unlikely, but an identical cart sent twice
+    /// would be processed once).
+    pub fn with_signature_dedup(mut self, enabled: bool) -> Self {
+        self.config_mut().dedup_on_signature = enabled;
+        self
+    }
+}
+
 impl fmt::Debug for KlikitWebhookLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.config.fmt(f)
@@ -203,6 +226,7 @@ impl fmt::Debug for Config {
             .field("retention", &self.retention)
             .field("store_timeout", &self.store_timeout)
             .field("store_failure", &self.store_failure)
+            .field("dedup_on_signature", &self.dedup_on_signature)
             .finish()
     }
 }

@@ -204,46 +204,45 @@ where
             return Ok(reject(kind));
         }
     };
-    let secret_index = match delivery.signature.and_then(|expected| verify.finish(&expected)) {
+    let expected = match delivery.signature {
+        Ok(expected) => expected,
+        Err(error) => return Ok(invalid_signature(error)),
+    };
+    let secret_index = match verify.finish(&expected) {
         Ok(index) => index,
-        Err(error) => {
-            tracing::warn!(outcome = "rejected", reason = %error, "klikit delivery rejected: invalid signature");
-            return Ok(reject(RejectionKind::InvalidSignature(error)));
-        }
+        Err(error) => return Ok(invalid_signature(error)),
     };
     tracing::trace!(secret_index, "signature verified");
 
-    let store = &config.store;
-    let claim = with_timeout(config.store_timeout, store.claim(&delivery.id, config.lease)).await;
-    let guard = match claim {
-        Ok(Claim::New(lease)) => Some(ClaimGuard::new(store.clone(), lease, &config)),
-        Ok(Claim::Done) => {
-            tracing::debug!(
-                outcome = "duplicate",
-                "klikit event already processed; duplicate ignored"
-            );
-            return Ok(json_response(StatusCode::OK, DUPLICATE_BODY));
-        }
-        Ok(Claim::InFlight { retry_after }) => {
-            let retry_after = retry_after.unwrap_or(Duration::from_secs(1));
-            tracing::info!(
-                outcome = "in_flight",
-                ?retry_after,
-                "klikit event is being processed by another delivery"
-            );
-            return Ok(reject(RejectionKind::InFlight { retry_after }));
-        }
-        Err(error) => match config.store_failure {
-            StoreFailurePolicy::FailClosed => {
-                tracing::error!(outcome = "store_error", %error, "dedup store failed; answering 503");
+    let mut guard = match claim(&config, &delivery.id).await {
+        Claimed::New(lease) => Some(ClaimGuard::new(config.store.clone(), lease, &config)),
+        Claimed::Answer(response) => return Ok(response),
+        Claimed::StoreDown => None,
+    };
+    if config.dedup_on_signature
+        && let Some(held) = guard.as_mut()
+    {
+        // The same signed body under another event id: a replay, or Klikit
+        // redelivering with a fresh id. Either way it was (being) processed.
+        let key = signature_key(&expected);
+        match claim(&config, &key).await {
+            Claimed::New(lease) => held.replay_lease = Some(lease),
+            Claimed::Answer(response) => {
+                tracing::info!("body already seen under another event id; treated as a replay");
+                if let Some(held) = guard.take() {
+                    held.release().await;
+                }
+                return Ok(response);
+            }
+            Claimed::StoreDown if config.store_failure == StoreFailurePolicy::FailClosed => {
+                if let Some(held) = guard.take() {
+                    held.release().await;
+                }
                 return Ok(reject(RejectionKind::StoreUnavailable));
             }
-            StoreFailurePolicy::FailOpen => {
-                tracing::error!(outcome = "store_error", %error, "dedup store failed; failing open, event not deduplicated");
-                None
-            }
-        },
-    };
+            Claimed::StoreDown => {}
+        }
+    }
 
     let event = KlikitEvent::new(delivery.id, delivery.event_type, bytes.clone()).with_secret_index(secret_index);
     parts.extensions.insert(event);
@@ -269,6 +268,65 @@ where
         (_, None) => {}
     }
     result
+}
+
+fn invalid_signature<B: ResponseBody>(error: SignatureError) -> Response<B> {
+    tracing::warn!(outcome = "rejected", reason = %error, "klikit delivery rejected: invalid signature");
+    reject(RejectionKind::InvalidSignature(error))
+}
+
+/// What a claim means for the delivery.
+enum Claimed<B> {
+    /// Ours: run the handler.
+    New(Lease),
+    /// Answered without the handler: duplicate, in flight, or store down
+    /// while failing closed.
+    Answer(Response<B>),
+    /// The store failed and the layer fails open: run the handler unclaimed.
+    StoreDown,
+}
+
+async fn claim<B: ResponseBody>(config: &Config, key: &EventId) -> Claimed<B> {
+    match with_timeout(config.store_timeout, config.store.claim(key, config.lease)).await {
+        Ok(Claim::New(lease)) => Claimed::New(lease),
+        Ok(Claim::Done) => {
+            tracing::debug!(
+                outcome = "duplicate",
+                "klikit event already processed; duplicate ignored"
+            );
+            Claimed::Answer(json_response(StatusCode::OK, DUPLICATE_BODY))
+        }
+        Ok(Claim::InFlight { retry_after }) => {
+            let retry_after = retry_after.unwrap_or(Duration::from_secs(1));
+            tracing::info!(
+                outcome = "in_flight",
+                ?retry_after,
+                "klikit event is being processed by another delivery"
+            );
+            Claimed::Answer(reject(RejectionKind::InFlight { retry_after }))
+        }
+        Err(error) => match config.store_failure {
+            StoreFailurePolicy::FailClosed => {
+                tracing::error!(outcome = "store_error", %error, "dedup store failed; answering 503");
+                Claimed::Answer(reject(RejectionKind::StoreUnavailable))
+            }
+            StoreFailurePolicy::FailOpen => {
+                tracing::error!(outcome = "store_error", %error, "dedup store failed; failing open, event not deduplicated");
+                Claimed::StoreDown
+            }
+        },
+    }
+}
+
+/// The dedup key of a signed body: `sig:` and the signature in hex.
+fn signature_key(signature: &[u8; 32]) -> EventId {
+    let mut key = String::with_capacity(4 + 64);
+    key.push_str("sig:");
+    key.push_str(&hex::encode(signature));
+    match EventId::new(key) {
+        Ok(key) => key,
+        Err(_) => unreachable!("`sig:` and 64 hex digits are 68 visible ASCII bytes"),
+    }
 }
 
 /// The three Klikit headers, checked.
@@ -459,6 +517,8 @@ async fn with_timeout<T>(
 struct ClaimGuard {
     store: Arc<dyn DedupStore>,
     lease: Option<Lease>,
+    /// The claim on the body's signature, with signature deduplication on.
+    replay_lease: Option<Lease>,
     retention: Duration,
     timeout: Duration,
     succeeded: bool,
@@ -469,6 +529,7 @@ impl ClaimGuard {
         Self {
             store,
             lease: Some(lease),
+            replay_lease: None,
             retention: config.retention,
             timeout: config.store_timeout,
             succeeded: false,
@@ -477,25 +538,33 @@ impl ClaimGuard {
 
     async fn complete(mut self) {
         self.succeeded = true;
-        if let Some(lease) = &self.lease {
-            finish(&*self.store, lease, true, self.retention, self.timeout).await;
-        }
-        self.lease = None;
+        self.finish_all(true).await;
     }
 
     async fn release(mut self) {
-        if let Some(lease) = &self.lease {
-            finish(&*self.store, lease, false, self.retention, self.timeout).await;
+        self.finish_all(false).await;
+    }
+
+    /// Finishes every lease; one that is cancelled midway is left to `Drop`.
+    async fn finish_all(&mut self, complete: bool) {
+        for slot in [&mut self.lease, &mut self.replay_lease] {
+            if let Some(lease) = slot.as_ref() {
+                finish(&*self.store, lease, complete, self.retention, self.timeout).await;
+            }
+            *slot = None;
         }
-        self.lease = None;
     }
 }
 
 impl Drop for ClaimGuard {
     fn drop(&mut self) {
-        let Some(lease) = self.lease.take() else {
+        let leases: Vec<Lease> = [self.lease.take(), self.replay_lease.take()]
+            .into_iter()
+            .flatten()
+            .collect();
+        if leases.is_empty() {
             return;
-        };
+        }
         let complete = self.succeeded;
         tracing::warn!(
             complete,
@@ -506,7 +575,11 @@ impl Drop for ClaimGuard {
             return;
         };
         let (store, retention, timeout) = (self.store.clone(), self.retention, self.timeout);
-        runtime.spawn(async move { finish(&*store, &lease, complete, retention, timeout).await });
+        runtime.spawn(async move {
+            for lease in &leases {
+                finish(&*store, lease, complete, retention, timeout).await;
+            }
+        });
     }
 }
 

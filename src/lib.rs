@@ -95,6 +95,7 @@ mod event;
 #[cfg(feature = "axum")]
 mod extract;
 mod layer;
+pub mod metrics;
 pub mod payload;
 mod rejection;
 mod secret;
@@ -112,7 +113,7 @@ pub use event::{
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use extract::{KlikitPayload, MissingWebhookLayer, PayloadRejection};
 pub use layer::{KlikitWebhookLayer, StoreFailurePolicy};
-pub use rejection::{Rejection, RejectionKind, ResponseBody};
+pub use rejection::{DeliveryOutcome, Rejection, RejectionKind, ResponseBody};
 pub use secret::{RECOMMENDED_MIN_SECRET_LEN, SECRET_ENV_VAR, WebhookSecret};
 pub use service::{KlikitWebhookService, ResponseFuture};
 pub use store::{DedupStore, MemoryStore, StoreError};

@@ -58,6 +58,58 @@ pub enum RejectionKind {
     StoreUnavailable,
 }
 
+/// How a delivery ended, as recorded in metrics and in the extensions of
+/// every answer the layer makes itself.
+///
+/// For answers from your handler the layer derives it from the status (2xx:
+/// [`Processed`](Self::Processed), otherwise [`HandlerFailed`](Self::HandlerFailed)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DeliveryOutcome {
+    /// The handler answered 2xx; the event is recorded as processed.
+    Processed,
+    /// The handler answered non-2xx, returned an error or panicked; the claim
+    /// was released for Klikit's retry.
+    HandlerFailed,
+    /// The event was already processed: `200 {"status":"duplicate-ignored"}`.
+    Duplicate,
+    /// Another delivery of the event holds the claim: 409.
+    InFlight,
+    /// The signature was malformed or wrong: 401.
+    InvalidSignature,
+    /// A Klikit header was missing or invalid, or the body stream failed: 400.
+    BadRequest,
+    /// The body was over the limit: 413.
+    PayloadTooLarge,
+    /// The body did not arrive in time: 408.
+    BodyTimeout,
+    /// The dedup store failed or timed out: 503.
+    StoreUnavailable,
+}
+
+impl DeliveryOutcome {
+    /// A short `snake_case` name, used as the `outcome` label of metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Processed => "processed",
+            Self::HandlerFailed => "handler_failed",
+            Self::Duplicate => "duplicate",
+            Self::InFlight => "in_flight",
+            Self::InvalidSignature => "invalid_signature",
+            Self::BadRequest => "bad_request",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::BodyTimeout => "body_timeout",
+            Self::StoreUnavailable => "store_unavailable",
+        }
+    }
+}
+
+impl fmt::Display for DeliveryOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// `Retry-After` sent with 503 answers.
 pub(crate) const STORE_RETRY_AFTER: Duration = Duration::from_secs(5);
 
@@ -108,6 +160,21 @@ impl Rejection {
         }
     }
 
+    /// The outcome this rejection stands for.
+    pub fn outcome(&self) -> DeliveryOutcome {
+        match self.kind {
+            RejectionKind::MissingHeader(_)
+            | RejectionKind::InvalidHeader(_)
+            | RejectionKind::InvalidEventId(_)
+            | RejectionKind::BodyRead => DeliveryOutcome::BadRequest,
+            RejectionKind::PayloadTooLarge { .. } => DeliveryOutcome::PayloadTooLarge,
+            RejectionKind::BodyTimeout => DeliveryOutcome::BodyTimeout,
+            RejectionKind::InvalidSignature(_) => DeliveryOutcome::InvalidSignature,
+            RejectionKind::InFlight { .. } => DeliveryOutcome::InFlight,
+            RejectionKind::StoreUnavailable => DeliveryOutcome::StoreUnavailable,
+        }
+    }
+
     fn retry_after(&self) -> Option<Duration> {
         match self.kind {
             RejectionKind::InFlight { retry_after } => Some(retry_after),
@@ -117,7 +184,7 @@ impl Rejection {
     }
 
     /// Builds the response: status, JSON body, `Retry-After` where it
-    /// applies, and the rejection itself in the extensions.
+    /// applies, and the rejection and its [`DeliveryOutcome`] in the extensions.
     pub fn into_response<B: ResponseBody>(self) -> Response<B> {
         let mut response = json_response(self.status(), self.body());
         if let Some(after) = self.retry_after() {
@@ -127,6 +194,7 @@ impl Rejection {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
+        response.extensions_mut().insert(self.outcome());
         response.extensions_mut().insert(self);
         response
     }

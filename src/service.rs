@@ -20,7 +20,7 @@ use crate::{
     EventId, EventType, KlikitEvent, KlikitWebhookLayer,
     event::{EVENT_ID_HEADER, EVENT_TYPE_HEADER, MAX_EVENT_ID_LEN, SIGNATURE_HEADER},
     layer::{Config, StoreFailurePolicy},
-    rejection::{DUPLICATE_BODY, Rejection, RejectionKind, ResponseBody, json_response},
+    rejection::{DUPLICATE_BODY, DeliveryOutcome, Rejection, RejectionKind, ResponseBody, json_response},
     signature::{SignatureError, VerifyState, parse_signature},
     store::{Claim, DedupStore, Lease, StoreError},
 };
@@ -143,6 +143,33 @@ fn reject<B: ResponseBody>(kind: RejectionKind) -> Response<B> {
 }
 
 async fn handle<S, ReqBody, ResBody>(
+    config: Arc<Config>,
+    inner: S,
+    request: Request<ReqBody>,
+) -> Result<Response<ResBody>, S::Error>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>> + Send,
+    S::Future: Send,
+    S::Error: Send,
+    ReqBody: Body + Send,
+    ReqBody::Data: Send,
+    ResBody: ResponseBody,
+{
+    let started = crate::metrics::start();
+    let result = deliver(config, inner, request).await;
+    let outcome = match &result {
+        Ok(response) => match response.extensions().get::<DeliveryOutcome>() {
+            Some(outcome) => *outcome,
+            None if response.status().is_success() => DeliveryOutcome::Processed,
+            None => DeliveryOutcome::HandlerFailed,
+        },
+        Err(_) => DeliveryOutcome::HandlerFailed,
+    };
+    crate::metrics::record(outcome, started);
+    result
+}
+
+async fn deliver<S, ReqBody, ResBody>(
     config: Arc<Config>,
     inner: S,
     request: Request<ReqBody>,
@@ -294,7 +321,9 @@ async fn claim<B: ResponseBody>(config: &Config, key: &EventId) -> Claimed<B> {
                 outcome = "duplicate",
                 "klikit event already processed; duplicate ignored"
             );
-            Claimed::Answer(json_response(StatusCode::OK, DUPLICATE_BODY))
+            let mut response = json_response(StatusCode::OK, DUPLICATE_BODY);
+            response.extensions_mut().insert(DeliveryOutcome::Duplicate);
+            Claimed::Answer(response)
         }
         Ok(Claim::InFlight { retry_after }) => {
             let retry_after = retry_after.unwrap_or(Duration::from_secs(1));

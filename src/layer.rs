@@ -41,6 +41,14 @@ pub enum StoreFailurePolicy {
 ///
 /// Every default is chosen to be safe; see each `with_*` method.
 ///
+/// # Panics
+///
+/// The service uses Tokio timers for the body read timeout and the store
+/// timeout, so it must run inside a Tokio runtime with time enabled (as
+/// `#[tokio::main]`, `axum::serve` and tonic provide); on a runtime built
+/// without `enable_time`/`enable_all` it panics, like tower-http's timeout
+/// layers.
+///
 /// # Examples
 ///
 /// ```

@@ -79,7 +79,13 @@
 //! The service accepts any request body and passes the inner service a
 //! `Request<http_body_util::Full<Bytes>>`, so it fits a hyper `service_fn`,
 //! `tower::ServiceBuilder` and tonic's layer stack as well as axum's
-//! `Router::layer` and `Router::route_layer`.
+//! `Router::layer` and `Router::route_layer`. It needs a Tokio runtime with
+//! timers enabled.
+//!
+//! In a tonic server the layer sees gRPC answers as HTTP: a gRPC error comes
+//! back as HTTP 200 with a `grpc-status` header, so it completes the claim.
+//! Serve the webhook on its own route (an axum router merged with tonic's
+//! routes) rather than in front of gRPC services.
 //!
 //! # Features
 //!

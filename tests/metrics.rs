@@ -28,7 +28,10 @@ fn deliveries_are_counted_and_timed_by_outcome() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     metrics::with_local_recorder(&recorder, || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         runtime.block_on(async {
             async fn handle(event: KlikitEvent) -> StatusCode {
                 if event.id().as_str() == "fails" {
@@ -44,8 +47,12 @@ fn deliveries_are_counted_and_timed_by_outcome() {
             let created = "klikit.order.created.v2";
             send(signed_request::<Body>(SECRET, "a", created, body)).await.unwrap();
             send(signed_request::<Body>(SECRET, "a", created, body)).await.unwrap();
-            send(signed_request::<Body>(SECRET, "fails", created, body)).await.unwrap();
-            send(signed_request::<Body>("wrong-secret-wrong-secret", "b", created, body)).await.unwrap();
+            send(signed_request::<Body>(SECRET, "fails", created, body))
+                .await
+                .unwrap();
+            send(signed_request::<Body>("wrong-secret-wrong-secret", "b", created, body))
+                .await
+                .unwrap();
             let mut missing = signed_request::<Body>(SECRET, "c", created, body);
             missing.headers_mut().remove("x-klikit-event-id");
             send(missing).await.unwrap();

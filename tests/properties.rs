@@ -1,0 +1,269 @@
+//! Property tests of signature verification, directly with `Verifier` and
+//! through the layer in an axum `Router`.
+
+#![cfg(feature = "axum")]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::{Router, body::Body, http::StatusCode, routing::post};
+use bytes::Bytes;
+use http::{HeaderValue, Request};
+use http_body_util::BodyExt;
+use klikit_webhook::{
+    EventType, KlikitEvent, KlikitWebhookLayer, Rejection, RejectionKind, WebhookSecret,
+    signature::{SignatureError, Verifier, sign},
+    testing::{WEBHOOK_PATH, signed_request},
+};
+use proptest::{
+    prelude::*,
+    sample::Index,
+    test_runner::{Config, TestCaseError, TestRunner},
+};
+use tower::ServiceExt;
+
+const SECRET: &str = "property-test-secret-0123456789";
+const HEX: &[u8; 16] = b"0123456789abcdef";
+const CASES: u32 = 96;
+
+fn runner() -> TestRunner {
+    TestRunner::new(Config {
+        cases: CASES,
+        ..Config::default()
+    })
+}
+
+/// Runs the property; panics with proptest's minimal failing input.
+fn check<S: Strategy>(strategy: S, test: impl Fn(S::Value) -> Result<(), TestCaseError>)
+where
+    S::Value: std::fmt::Debug,
+{
+    if let Err(error) = runner().run(&strategy, test) {
+        panic!("{error}");
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A new event id for every case, so the dedup store never answers
+/// "duplicate".
+fn fresh_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("prop-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+fn secret(bytes: impl Into<Vec<u8>>) -> WebhookSecret {
+    WebhookSecret::new(bytes).unwrap()
+}
+
+/// Answers 200 with the secret index when the layer inserted the event and
+/// the body equals the verified bytes, 500 otherwise.
+async fn handler(event: KlikitEvent, body: Bytes) -> (StatusCode, String) {
+    if event.body() != &body {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "body differs".to_owned());
+    }
+    (StatusCode::OK, event.secret_index().to_string())
+}
+
+fn app(layer: KlikitWebhookLayer) -> Router {
+    Router::new().route(WEBHOOK_PATH, post(handler)).layer(layer)
+}
+
+/// A delivery of `body` with `signature` as the raw header value.
+fn delivery(body: &[u8], signature: &[u8]) -> Request<Body> {
+    let mut request = signed_request::<Body>(SECRET, &fresh_id(), EventType::ORDER_CREATED, body.to_vec());
+    let value = HeaderValue::from_bytes(signature).unwrap();
+    request.headers_mut().insert("x-klikit-signature", value);
+    request
+}
+
+struct Answer {
+    status: StatusCode,
+    rejection: Option<RejectionKind>,
+    body: Bytes,
+}
+
+async fn send(app: &Router, request: Request<Body>) -> Answer {
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let rejection = response.extensions().get::<Rejection>().map(|r| r.kind().clone());
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Answer {
+        status,
+        rejection,
+        body,
+    }
+}
+
+fn body_strategy(min: usize) -> impl Strategy<Value = Vec<u8>> {
+    proptest::collection::vec(any::<u8>(), min..4096)
+}
+
+const MISMATCH: RejectionKind = RejectionKind::InvalidSignature(SignatureError::Mismatch);
+const MALFORMED: RejectionKind = RejectionKind::InvalidSignature(SignatureError::Malformed);
+
+#[test]
+fn any_signed_body_passes() {
+    let rt = runtime();
+    let verifier = Verifier::new(secret(SECRET));
+    let app = app(KlikitWebhookLayer::new(secret(SECRET)));
+    check(body_strategy(0), |body| {
+        let signature = sign(SECRET.as_bytes(), &body);
+        prop_assert_eq!(signature.len(), 64);
+        prop_assert_eq!(verifier.verify(&body, signature.as_bytes()), Ok(0));
+        let answer = rt.block_on(send(&app, delivery(&body, signature.as_bytes())));
+        prop_assert_eq!(answer.status, StatusCode::OK, "body {:?}", answer.body);
+        prop_assert_eq!(&answer.body[..], b"0");
+        Ok(())
+    });
+}
+
+#[test]
+fn any_flipped_body_bit_fails() {
+    let rt = runtime();
+    let verifier = Verifier::new(secret(SECRET));
+    let app = app(KlikitWebhookLayer::new(secret(SECRET)));
+    check((body_strategy(1), any::<Index>()), |(body, bit)| {
+        let signature = sign(SECRET.as_bytes(), &body);
+        let bit = bit.index(body.len() * 8);
+        let mut tampered = body.clone();
+        tampered[bit / 8] ^= 1 << (bit % 8);
+        prop_assert_eq!(
+            verifier.verify(&tampered, signature.as_bytes()),
+            Err(SignatureError::Mismatch)
+        );
+        let answer = rt.block_on(send(&app, delivery(&tampered, signature.as_bytes())));
+        prop_assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+        prop_assert_eq!(answer.rejection, Some(MISMATCH));
+        prop_assert_eq!(&answer.body[..], br#"{"error":"invalid signature"}"#);
+        Ok(())
+    });
+}
+
+#[test]
+fn any_changed_signature_digit_fails() {
+    let rt = runtime();
+    let verifier = Verifier::new(secret(SECRET));
+    let app = app(KlikitWebhookLayer::new(secret(SECRET)));
+    check((body_strategy(0), 0..64usize, 1..16usize), |(body, at, shift)| {
+        let mut signature = sign(SECRET.as_bytes(), &body).into_bytes();
+        let digit = HEX.iter().position(|&d| d == signature[at]).unwrap();
+        signature[at] = HEX[(digit + shift) % 16];
+        prop_assert_eq!(verifier.verify(&body, &signature), Err(SignatureError::Mismatch));
+        let answer = rt.block_on(send(&app, delivery(&body, &signature)));
+        prop_assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+        prop_assert_eq!(answer.rejection, Some(MISMATCH));
+        Ok(())
+    });
+}
+
+#[test]
+fn upper_and_mixed_case_signatures_pass() {
+    let rt = runtime();
+    let verifier = Verifier::new(secret(SECRET));
+    let app = app(KlikitWebhookLayer::new(secret(SECRET)));
+    let strategy = (body_strategy(0), proptest::collection::vec(any::<bool>(), 64));
+    check(strategy, |(body, upper)| {
+        let signature = sign(SECRET.as_bytes(), &body);
+        let all_upper = signature.to_ascii_uppercase();
+        let mixed: String = signature
+            .chars()
+            .zip(&upper)
+            .map(|(c, &up)| if up { c.to_ascii_uppercase() } else { c })
+            .collect();
+        for variant in [&all_upper, &mixed] {
+            prop_assert_eq!(verifier.verify(&body, variant.as_bytes()), Ok(0));
+            let answer = rt.block_on(send(&app, delivery(&body, variant.as_bytes())));
+            prop_assert_eq!(answer.status, StatusCode::OK, "{} refused: {:?}", variant, answer.body);
+        }
+        Ok(())
+    });
+}
+
+/// Header values that are not exactly 64 hex digits.
+fn not_64_hex() -> impl Strategy<Value = Vec<u8>> {
+    let valid = || proptest::string::bytes_regex("[0-9a-fA-F]{64}").unwrap();
+    prop_oneof![
+        // Hex of any other length.
+        proptest::string::bytes_regex("[0-9a-fA-F]{0,63}").unwrap(),
+        proptest::string::bytes_regex("[0-9a-fA-F]{65,200}").unwrap(),
+        // 64 characters, one of them not hex.
+        (
+            valid(),
+            0..64usize,
+            any::<u8>().prop_filter("not hex", |b| !b.is_ascii_hexdigit())
+        )
+            .prop_map(|(mut sig, at, byte)| {
+                sig[at] = byte;
+                sig
+            }),
+        // The usual mistakes: a prefix, whitespace, base64.
+        valid().prop_map(|sig| [b"sha256=".as_slice(), &sig].concat()),
+        valid().prop_map(|sig| [&sig, b"\n".as_slice()].concat()),
+        valid().prop_map(|sig| [b" ".as_slice(), &sig].concat()),
+        proptest::string::bytes_regex("[A-Za-z0-9+/]{43}=").unwrap(),
+        // Anything at all that is not 64 hex digits.
+        proptest::collection::vec(any::<u8>(), 0..130).prop_filter("not 64 hex digits", |s| s.len() != 64
+            || !s.iter().all(u8::is_ascii_hexdigit)),
+    ]
+}
+
+#[test]
+fn anything_but_64_hex_digits_is_malformed() {
+    let rt = runtime();
+    let verifier = Verifier::new(secret(SECRET));
+    let app = app(KlikitWebhookLayer::new(secret(SECRET)));
+    check((body_strategy(0), not_64_hex()), |(body, signature)| {
+        prop_assert_eq!(verifier.verify(&body, &signature), Err(SignatureError::Malformed));
+        // Through the layer, where the value can be a header at all.
+        if HeaderValue::from_bytes(&signature).is_ok() {
+            let answer = rt.block_on(send(&app, delivery(&body, &signature)));
+            if signature.is_empty() {
+                prop_assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+            } else {
+                prop_assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+                prop_assert_eq!(answer.rejection, Some(MALFORMED));
+            }
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn either_of_two_secrets_passes_with_its_index() {
+    let rt = runtime();
+    let key = || proptest::collection::vec(any::<u8>(), 1..64);
+    let strategy = (key(), key(), key(), body_strategy(0), 0..2usize);
+    check(strategy, |(first, second, other, body, which)| {
+        let verifier = Verifier::new(secret(first.clone())).with_secret(secret(second.clone()));
+        let app = app(KlikitWebhookLayer::new(secret(first.clone())).with_secret(secret(second.clone())));
+        let key = if which == 0 { &first } else { &second };
+        // Identical secrets: the first one matches.
+        let expected = if first == second { 0 } else { which };
+
+        let signature = sign(key, &body);
+        prop_assert_eq!(verifier.verify(&body, signature.as_bytes()), Ok(expected));
+        let request = signed_request::<Body>(key, &fresh_id(), EventType::ORDER_STATUS_UPDATED, body.clone());
+        let answer = rt.block_on(send(&app, request));
+        prop_assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+        prop_assert_eq!(answer.body, expected.to_string());
+
+        // A third, unconfigured secret fails.
+        if other != first && other != second {
+            let signature = sign(&other, &body);
+            prop_assert_eq!(
+                verifier.verify(&body, signature.as_bytes()),
+                Err(SignatureError::Mismatch)
+            );
+            let request = signed_request::<Body>(&other, &fresh_id(), EventType::ORDER_STATUS_UPDATED, body.clone());
+            let answer = rt.block_on(send(&app, request));
+            prop_assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+            prop_assert_eq!(answer.rejection, Some(MISMATCH));
+        }
+        Ok(())
+    });
+}

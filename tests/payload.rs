@@ -140,3 +140,27 @@ fn event_types_round_trip() {
     }
     assert!(!EventType::from_name("klikit.order.created.v3").is_known());
 }
+
+#[test]
+fn shipped_fixtures_parse_as_their_event_types() {
+    use klikit_webhook::testing::fixtures;
+    for (event_type, fixture) in [
+        (EventType::OrderCreated, fixtures::ORDER_CREATED),
+        (EventType::OrderStatusUpdated, fixtures::ORDER_STATUS_UPDATED),
+        (EventType::OrderCartUpdated, fixtures::ORDER_CART_UPDATED),
+    ] {
+        assert_eq!(fixtures::for_event_type(&event_type), Some(fixture));
+        let event = KlikitEvent::new("evt".parse().unwrap(), event_type, fixture.into());
+        let envelope = event.payload().unwrap();
+        assert!(!envelope.orders.is_empty());
+        assert!(
+            envelope
+                .orders
+                .iter()
+                .all(|o| o.total.is_some() && o.updated_at.is_some())
+        );
+    }
+    let created: OrderEnvelope = serde_json::from_str(fixtures::ORDER_CREATED).unwrap();
+    assert_eq!(created.orders.len(), 2, "created.v2 batches orders");
+    assert_eq!(created.orders[0].cart_v2[0].id.as_deref(), Some("289379"));
+}

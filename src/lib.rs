@@ -103,6 +103,9 @@ mod extract;
 mod layer;
 pub mod metrics;
 pub mod payload;
+#[cfg(feature = "receiver")]
+#[cfg_attr(docsrs, doc(cfg(feature = "receiver")))]
+pub mod receiver;
 mod rejection;
 mod secret;
 mod service;

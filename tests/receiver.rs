@@ -2,9 +2,9 @@
 //! raw HTTP/1.1 client that behaves like a sender: it writes the whole
 //! request, body included, before it reads the answer.
 
-#[allow(dead_code, unreachable_pub)]
-#[path = "../examples/receiver.rs"]
-mod receiver;
+#![cfg(feature = "receiver")]
+
+use klikit_webhook::receiver;
 
 use std::{net::SocketAddr, time::Duration};
 

@@ -1,0 +1,195 @@
+//! The reference Klikit webhook receiver (feature `receiver`): what
+//! `cargo run --example receiver` and `klikit serve` run.
+//!
+//! It serves `POST /webhooks/klikit` on `PORT` (default 8080), answers
+//! `200 {"status":"received"}` as soon as the event is queued, and processes
+//! it on a background worker, as Klikit recommends (answer within 10 s, do the
+//! work asynchronously). `GET /healthz` answers 200.
+//!
+//! The queue is bounded: when it is full the handler answers 503, the claim is
+//! released and Klikit retries later, so a burst never loses an event. It is
+//! also in memory: an event queued but not yet processed when the process
+//! dies is lost, because its id was already recorded as done. Where that
+//! matters, hand the event to a durable queue in the handler instead.
+//!
+//! Environment:
+//! - `KLIKIT_WEBHOOK_SECRET` (required): the webhook secret Klikit issued.
+//! - `KLIKIT_WEBHOOK_PREVIOUS_SECRET` (optional): also accepted, for rotations.
+//! - `PORT` (default 8080) and `BIND` (default `0.0.0.0`).
+//! - `RUST_LOG` (default `info`).
+
+use std::net::SocketAddr;
+
+use crate::{EventType, KlikitEvent, KlikitWebhookLayer, SECRET_ENV_VAR, WebhookSecret, testing::WEBHOOK_PATH};
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+/// How many accepted events may wait for the worker.
+pub const QUEUE_CAPACITY: usize = 1024;
+
+/// The receiver's routes: the webhook behind `layer`, and `/healthz`.
+pub fn app(layer: KlikitWebhookLayer, jobs: mpsc::Sender<KlikitEvent>) -> Router {
+    Router::new()
+        .route(WEBHOOK_PATH, post(receive))
+        .route_layer(layer)
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(jobs)
+}
+
+/// Queues the event and answers at once; 503 if the queue is full.
+async fn receive(State(jobs): State<mpsc::Sender<KlikitEvent>>, event: KlikitEvent) -> Response {
+    match jobs.try_send(event) {
+        Ok(()) => Json(json!({ "status": "received" })).into_response(),
+        Err(error) => {
+            // Not 2xx: the claim is released and Klikit's retry gets through.
+            tracing::warn!(%error, "worker queue unavailable; asking Klikit to retry");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "5")],
+                Json(json!({ "error": "worker queue full" })),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// Processes queued events until every sender is gone: logs brand, branch
+/// and order count per event type.
+pub async fn worker(mut jobs: mpsc::Receiver<KlikitEvent>) {
+    while let Some(event) = jobs.recv().await {
+        process(&event);
+    }
+    tracing::info!("worker drained");
+}
+
+fn process(event: &KlikitEvent) {
+    let envelope = match event.payload() {
+        Ok(envelope) => envelope,
+        Err(error) => {
+            tracing::error!(event_id = %event.id(), %error, "payload does not match Klikit's envelope");
+            return;
+        }
+    };
+    let (brand, branch, orders) = (envelope.brand_id, envelope.branch_id, envelope.orders.len());
+    let id = event.id();
+    match event.event_type() {
+        EventType::OrderCreated => {
+            tracing::info!(%id, brand, branch, orders, "order created: ticket sent to the kitchen")
+        }
+        EventType::OrderStatusUpdated => {
+            tracing::info!(%id, brand, branch, orders, "order status updated: order record updated")
+        }
+        EventType::OrderCartUpdated => {
+            tracing::info!(%id, brand, branch, orders, "order cart updated: cart replaced")
+        }
+        other => tracing::warn!(%id, brand, branch, orders, event_type = %other, "unknown event type; ignored"),
+    }
+}
+
+/// Why the receiver could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReceiverError {
+    /// A setting is missing or wrong; the message says which.
+    #[error("{0}")]
+    Config(String),
+    /// Listening or serving failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The layer as configured from the environment: `KLIKIT_WEBHOOK_SECRET`
+/// (required) and `KLIKIT_WEBHOOK_PREVIOUS_SECRET` (optional, for rotations).
+///
+/// # Errors
+///
+/// [`ReceiverError::Config`] if the secret is unset or empty.
+pub fn layer_from_env() -> Result<KlikitWebhookLayer, ReceiverError> {
+    let secret = WebhookSecret::from_env(SECRET_ENV_VAR).map_err(|e| ReceiverError::Config(e.to_string()))?;
+    let mut layer = KlikitWebhookLayer::new(secret);
+    if let Ok(previous) = std::env::var("KLIKIT_WEBHOOK_PREVIOUS_SECRET") {
+        let previous = WebhookSecret::new(previous)
+            .map_err(|e| ReceiverError::Config(format!("KLIKIT_WEBHOOK_PREVIOUS_SECRET: {e}")))?;
+        layer = layer.with_secret(previous);
+    }
+    Ok(layer)
+}
+
+/// Serves the receiver as configured by the environment until Ctrl-C or
+/// SIGTERM, then finishes in-flight requests and drains the worker.
+///
+/// # Errors
+///
+/// [`ReceiverError::Config`] for a missing secret or a bad `PORT`/`BIND`,
+/// [`ReceiverError::Io`] if the address cannot be bound or serving fails.
+pub async fn serve_from_env() -> Result<(), ReceiverError> {
+    let layer = layer_from_env()?;
+    let port = std::env::var("PORT").unwrap_or_else(|_| "8080".into());
+    let bind = std::env::var("BIND").unwrap_or_else(|_| "0.0.0.0".into());
+    let addr: SocketAddr = format!("{bind}:{port}")
+        .parse()
+        .map_err(|e| ReceiverError::Config(format!("BIND={bind} PORT={port} is not a socket address: {e}")))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ReceiverError::Io {
+            context: format!("cannot listen on {addr}"),
+            source,
+        })?;
+    serve(listener, layer).await
+}
+
+/// Serves the receiver on `listener` until Ctrl-C or SIGTERM, then drains.
+///
+/// # Errors
+///
+/// [`ReceiverError::Io`] if serving fails.
+pub async fn serve(listener: tokio::net::TcpListener, layer: KlikitWebhookLayer) -> Result<(), ReceiverError> {
+    let addr = listener.local_addr().ok();
+    let (jobs, queue) = mpsc::channel(QUEUE_CAPACITY);
+    let worker = tokio::spawn(worker(queue));
+    tracing::info!(?addr, path = WEBHOOK_PATH, "klikit webhook receiver listening");
+    let served = axum::serve(listener, app(layer, jobs))
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
+    // The router (and with it every queue sender) is gone: the worker drains.
+    let _ = worker.await;
+    served.map_err(|source| ReceiverError::Io {
+        context: "server error".into(),
+        source,
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests, then draining the worker");
+}

@@ -17,6 +17,9 @@
 //! - `KLIKIT_WEBHOOK_PREVIOUS_SECRET` (optional): also accepted, for rotations.
 //! - `PORT` (default 8080) and `BIND` (default `0.0.0.0`).
 //! - `RUST_LOG` (default `info`).
+//!
+//! It also serves `GET /metrics` in Prometheus format: the layer's
+//! per-outcome delivery counters and latency histogram.
 
 use std::net::SocketAddr;
 
@@ -161,7 +164,7 @@ pub async fn serve(listener: tokio::net::TcpListener, layer: KlikitWebhookLayer)
     let (jobs, queue) = mpsc::channel(QUEUE_CAPACITY);
     let worker = tokio::spawn(worker(queue));
     tracing::info!(?addr, path = WEBHOOK_PATH, "klikit webhook receiver listening");
-    let served = axum::serve(listener, app(layer, jobs))
+    let served = axum::serve(listener, app(layer, jobs).merge(metrics_route()))
         .with_graceful_shutdown(shutdown_signal())
         .await;
     // The router (and with it every queue sender) is gone: the worker drains.
@@ -170,6 +173,20 @@ pub async fn serve(listener: tokio::net::TcpListener, layer: KlikitWebhookLayer)
         context: "server error".into(),
         source,
     })
+}
+
+/// `GET /metrics` in Prometheus text format: the
+/// layer's delivery counters and latency histogram. Installs the global
+/// `metrics` recorder; if another recorder is installed already, the route
+/// is left out and a warning logged.
+fn metrics_route() -> Router {
+    match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+        Ok(handle) => Router::new().route("/metrics", get(move || std::future::ready(handle.render()))),
+        Err(error) => {
+            tracing::warn!(%error, "metrics recorder not installed; /metrics is not served");
+            Router::new()
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -166,3 +166,68 @@ fn serve_receives_then_drains_on_sigterm() {
         "brand, branch and order count are logged: {logs}"
     );
 }
+
+#[test]
+fn serve_exposes_prometheus_metrics_on_a_separate_route() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = Command::new(KLIKIT)
+        .arg("serve")
+        .env("KLIKIT_WEBHOOK_SECRET", SECRET)
+        .env("PORT", port.to_string())
+        .env("BIND", "127.0.0.1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/webhooks/klikit");
+    let send = |args: &[&str]| {
+        let output = Command::new(KLIKIT)
+            .args(["send", &url])
+            .args(args)
+            .env("KLIKIT_WEBHOOK_SECRET", SECRET)
+            .output()
+            .unwrap();
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let mut up = false;
+    for _ in 0..100 {
+        if send(&["--repeat", "2"]).contains("duplicate-ignored") {
+            up = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(up);
+    send(&["--forge"]);
+    let metrics = scrape(port);
+    let _ = server.kill();
+    let _ = server.wait();
+    for line in [
+        r#"klikit_webhook_deliveries_total{outcome="processed"} 1"#,
+        r#"klikit_webhook_deliveries_total{outcome="duplicate"} 1"#,
+        r#"klikit_webhook_deliveries_total{outcome="invalid_signature"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
+    assert!(
+        metrics.contains("klikit_webhook_delivery_duration_seconds"),
+        "{metrics}"
+    );
+}
+
+/// `GET /metrics` with a raw HTTP/1.1 request.
+fn scrape(port: u16) -> String {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    answer
+}

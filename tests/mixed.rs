@@ -1,11 +1,11 @@
 //! The mixed-server and plain-hyper examples, served on loopback sockets.
 #![cfg(feature = "axum")]
 
-#[allow(dead_code)]
+#[allow(dead_code, unreachable_pub)]
 #[path = "../examples/grpc_and_webhook.rs"]
 mod grpc_and_webhook;
 
-#[allow(dead_code)]
+#[allow(dead_code, unreachable_pub)]
 #[path = "../examples/hyper_server.rs"]
 mod hyper_server;
 

@@ -242,7 +242,7 @@ where
     tracing::trace!(secret_index, "signature verified");
 
     let mut guard = match claim(&config, &delivery.id).await {
-        Claimed::New(lease) => Some(ClaimGuard::new(config.store.clone(), lease, &config)),
+        Claimed::New(lease) => Some(ClaimGuard::new(config.clone(), lease)),
         Claimed::Answer(response) => return Ok(response),
         Claimed::StoreDown => None,
     };
@@ -255,18 +255,15 @@ where
         match claim(&config, &key).await {
             Claimed::New(lease) => held.replay_lease = Some(lease),
             Claimed::Answer(response) => {
-                tracing::info!("body already seen under another event id; treated as a replay");
+                if response.status().is_success() {
+                    tracing::info!("body already processed under another event id; treated as a replay");
+                }
                 if let Some(held) = guard.take() {
                     held.release().await;
                 }
                 return Ok(response);
             }
-            Claimed::StoreDown if config.store_failure == StoreFailurePolicy::FailClosed => {
-                if let Some(held) = guard.take() {
-                    held.release().await;
-                }
-                return Ok(reject(RejectionKind::StoreUnavailable));
-            }
+            // Failing open: go on with the id claim alone.
             Claimed::StoreDown => {}
         }
     }
@@ -544,23 +541,19 @@ async fn with_timeout<T>(
 /// succeeded, so neither a lost event nor a double processing is left behind.
 /// Without a Tokio runtime to spawn on, the lease simply expires.
 struct ClaimGuard {
-    store: Arc<dyn DedupStore>,
+    config: Arc<Config>,
     lease: Option<Lease>,
     /// The claim on the body's signature, with signature deduplication on.
     replay_lease: Option<Lease>,
-    retention: Duration,
-    timeout: Duration,
     succeeded: bool,
 }
 
 impl ClaimGuard {
-    fn new(store: Arc<dyn DedupStore>, lease: Lease, config: &Config) -> Self {
+    fn new(config: Arc<Config>, lease: Lease) -> Self {
         Self {
-            store,
+            config,
             lease: Some(lease),
             replay_lease: None,
-            retention: config.retention,
-            timeout: config.store_timeout,
             succeeded: false,
         }
     }
@@ -578,7 +571,7 @@ impl ClaimGuard {
     async fn finish_all(&mut self, complete: bool) {
         for slot in [&mut self.lease, &mut self.replay_lease] {
             if let Some(lease) = slot.as_ref() {
-                finish(&*self.store, lease, complete, self.retention, self.timeout).await;
+                finish(&self.config, lease, complete).await;
             }
             *slot = None;
         }
@@ -603,18 +596,20 @@ impl Drop for ClaimGuard {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (store, retention, timeout) = (self.store.clone(), self.retention, self.timeout);
+        let config = self.config.clone();
         runtime.spawn(async move {
             for lease in &leases {
-                finish(&*store, lease, complete, retention, timeout).await;
+                finish(&config, lease, complete).await;
             }
         });
     }
 }
 
-async fn finish(store: &dyn DedupStore, lease: &Lease, complete: bool, retention: Duration, timeout: Duration) {
+/// Completes (after a 2xx) or releases one lease, within the store timeout.
+async fn finish(config: &Config, lease: &Lease, complete: bool) {
+    let (store, timeout) = (&config.store, config.store_timeout);
     let result = if complete {
-        with_timeout(timeout, store.complete(lease, retention)).await
+        with_timeout(timeout, store.complete(lease, config.retention)).await
     } else {
         with_timeout(timeout, store.release(lease)).await
     };

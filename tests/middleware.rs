@@ -661,7 +661,11 @@ async fn signature_dedup_stops_a_body_replayed_under_a_new_id() {
     let app = router(layer(), script.clone());
     assert_eq!(send(&app, signed("evt-original")).await.0, StatusCode::OK);
     assert_eq!(send(&app, signed("evt-replayed")).await.0, StatusCode::OK);
-    assert_eq!(script.calls.load(Ordering::SeqCst), 2, "by default only the id deduplicates");
+    assert_eq!(
+        script.calls.load(Ordering::SeqCst),
+        2,
+        "by default only the id deduplicates"
+    );
 
     let script = Script {
         fail_first: 1,
@@ -669,13 +673,24 @@ async fn signature_dedup_stops_a_body_replayed_under_a_new_id() {
     };
     let app = router(layer().with_signature_dedup(true), script.clone());
     // A failed run releases both claims: the retry, under any id, is processed.
-    assert_eq!(send(&app, signed("evt-original")).await.0, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        send(&app, signed("evt-original")).await.0,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
     assert_eq!(send(&app, signed("evt-retry-new-id")).await.0, StatusCode::OK);
     let (status, _, body) = send(&app, signed("evt-replayed")).await;
-    assert_eq!((status, body.as_str()), (StatusCode::OK, r#"{"status":"duplicate-ignored"}"#));
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, r#"{"status":"duplicate-ignored"}"#)
+    );
     assert_eq!(script.calls.load(Ordering::SeqCst), 2);
     // The replay's own id was released, not recorded: a different body under it is processed.
-    let request = signed_request(SECRET, "evt-replayed", CREATED, r#"{"brand_id":1,"branch_id":2,"orders":[]}"#);
+    let request = signed_request(
+        SECRET,
+        "evt-replayed",
+        CREATED,
+        r#"{"brand_id":1,"branch_id":2,"orders":[]}"#,
+    );
     assert_eq!(send(&app, request).await.0, StatusCode::OK);
     assert_eq!(script.calls.load(Ordering::SeqCst), 3);
 }

@@ -13,6 +13,17 @@
 //! See the [module docs](crate::handoff) for the guarantees, and why your
 //! processing must be idempotent on the event id.
 //!
+//! The feature needs Rust 1.89, the minimum of `async-nats` 0.51. Only
+//! `async-nats`'s `jetstream` and `ring` features are enabled. For stream or
+//! consumer options this module does not set, start from
+//! [`stream_config`](JetStreamHandoff::stream_config) (create the stream
+//! yourself, then call [`ensure_stream`](JetStreamHandoff::ensure_stream),
+//! which keeps it) or [`consumer_config`](JetStreamWorker::consumer_config)
+//! (pass the result to
+//! [`with_consumer_config`](JetStreamWorker::with_consumer_config)), enabling
+//! `async-nats` features such as `server_2_10` in your own `Cargo.toml` where
+//! needed.
+//!
 //! # Examples
 //!
 //! Receiver and worker (they can run in separate processes; they only share
@@ -532,6 +543,7 @@ pub struct JetStreamWorker {
     batch: usize,
     retry_delay: Duration,
     max_retry_delay: Duration,
+    custom_config: Option<consumer::pull::Config>,
 }
 
 impl JetStreamWorker {
@@ -568,6 +580,7 @@ impl JetStreamWorker {
             batch: Self::DEFAULT_BATCH,
             retry_delay: Self::DEFAULT_RETRY_DELAY,
             max_retry_delay: Self::DEFAULT_MAX_RETRY_DELAY,
+            custom_config: None,
         }
     }
 
@@ -621,16 +634,35 @@ impl JetStreamWorker {
         self
     }
 
+    /// Uses `config` for the durable consumer instead of the one built from
+    /// this worker's settings; the ack wait, backoff, max deliveries and max
+    /// ack pending set here are then ignored (the retry delays still apply).
+    ///
+    /// Start from [`consumer_config`](Self::consumer_config). Keep
+    /// `ack_policy` explicit, and keep `durable_name` or `name` set, or the
+    /// consumer is ephemeral and its progress dies with the worker.
+    pub fn with_consumer_config(mut self, config: consumer::pull::Config) -> Self {
+        if let Some(name) = config.durable_name.clone().or_else(|| config.name.clone()) {
+            self.durable = name;
+        }
+        self.custom_config = Some(config);
+        self
+    }
+
     /// The durable consumer name.
     pub fn durable_name(&self) -> &str {
         &self.durable
     }
 
     /// The durable consumer configuration [`ensure_consumer`](Self::ensure_consumer)
-    /// applies: explicit acks, every message from the start of the stream,
+    /// applies (unless replaced with
+    /// [`with_consumer_config`](Self::with_consumer_config)): explicit acks, every message from the start of the stream,
     /// filtered on the hand-off's subject, with this worker's ack wait,
     /// backoff, max deliveries and max ack pending.
     pub fn consumer_config(&self) -> consumer::pull::Config {
+        if let Some(config) = &self.custom_config {
+            return config.clone();
+        }
         let ack_wait = self.backoff.first().copied().unwrap_or(self.ack_wait);
         consumer::pull::Config {
             durable_name: Some(self.durable.clone()),
@@ -845,6 +877,7 @@ impl fmt::Debug for JetStreamWorker {
             .field("batch", &self.batch)
             .field("retry_delay", &self.retry_delay)
             .field("max_retry_delay", &self.max_retry_delay)
+            .field("custom_config", &self.custom_config.is_some())
             .finish()
     }
 }

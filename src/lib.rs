@@ -92,6 +92,7 @@
 //! | feature | default | enables |
 //! |---|---|---|
 //! | `axum` | yes | the [`KlikitEvent`] and [`KlikitPayload`] extractors |
+//! | `nats` | no | [durable hand-off](handoff) to NATS JetStream: publish before answering 2xx, process from a worker |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
@@ -100,6 +101,7 @@ mod error;
 mod event;
 #[cfg(feature = "axum")]
 mod extract;
+pub mod handoff;
 mod layer;
 pub mod metrics;
 pub mod payload;

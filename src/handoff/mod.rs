@@ -1,0 +1,64 @@
+//! Durable hand-off: acknowledge Klikit fast, process from a separate worker,
+//! and lose nothing when either side crashes.
+//!
+//! Klikit waits at most 10 s for a 2xx and recommends answering in under a
+//! second and doing the real work in the background. Doing the work in the
+//! background of the *same* process (a channel and a task, as in
+//! `examples/receiver.rs`) loses every event still queued when that process
+//! dies: the 2xx already completed the dedup claim, so Klikit never sends it
+//! again. The durable hand-off closes that gap:
+//!
+//! ```text
+//! Klikit        layer + handler (receiver)            broker (durable)      worker
+//!   |-- POST id=E -->|                                      |                  |
+//!   |                |-- claim(E) --> dedup store           |                  |
+//!   |                |-- publish(body, Nats-Msg-Id: E) ---->| persisted        |
+//!   |                |<------------------ PubAck -----------|                  |
+//!   |<-- 200 --------|-- complete(E)                        |                  |
+//!   |                |                                      |-- deliver E ---->|
+//!   |                |                                      |       process(E), recorded under key E
+//!   |                |                                      |<------- ack -----|
+//! ```
+//!
+//! # Guarantees
+//!
+//! - **The 2xx means "persisted".** The handler answers 2xx only after the
+//!   broker acknowledged the publish. If the publish fails or times out the
+//!   handler answers 503 with `Retry-After`; the layer then *releases* the
+//!   dedup claim and Klikit's retry is processed. So an event is never
+//!   acknowledged to Klikit without being in the broker.
+//! - **The broker deduplicates too.** The event id is the broker's message
+//!   deduplication id, so a publish repeated within the broker's duplicate
+//!   window (a Klikit retry after a publish that succeeded but whose PubAck
+//!   was lost, two receiver replicas without a shared dedup store, an operator
+//!   replay) is stored once. Keep that window at least as long as the layer's
+//!   [retention](crate::KlikitWebhookLayer::with_retention).
+//! - **The worker acknowledges after processing.** The worker acks a message
+//!   only after your processing returned `Ok`. A worker that crashes, hangs or
+//!   loses its connection before the ack gets the message redelivered (after
+//!   the consumer's ack wait), to itself after a restart or to another worker.
+//!   Nothing is lost.
+//! - **"Exactly once" needs one thing from you.** A worker can die *after*
+//!   your side effect and *before* the ack; the broker then delivers the
+//!   event again. No broker can prevent that window, so processing must be
+//!   **idempotent on the event id**: record the id in the same transaction as
+//!   the side effect (a unique key on `event_id` in the table you write to, an
+//!   `INSERT ... ON CONFLICT DO NOTHING` whose row count tells whether to go
+//!   on, a create-if-absent key in a KV store) and treat "already recorded" as
+//!   success. With that, every event's effect is applied exactly once,
+//!   although it may be *delivered* more than once. `tests/handoff_nats.rs`
+//!   kills the worker in exactly that window and checks it.
+//! - **What it does not give you:** ordering across redeliveries (a
+//!   redelivered event arrives after later ones; compare `updated_at`, as
+//!   Klikit's docs advise), and protection once the duplicate window or the
+//!   stream's age limit has passed.
+//!
+//! # Backends
+//!
+//! | feature | module | broker |
+//! |---|---|---|
+//! | `nats` | `handoff::nats` | NATS JetStream: `JetStreamHandoff` publishes, `JetStreamWorker` processes |
+
+#[cfg(feature = "nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
+pub mod nats;

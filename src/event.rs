@@ -48,6 +48,11 @@ pub enum InvalidEventId {
     /// The id holds a byte outside visible ASCII.
     #[error("event id holds a character that is not visible ASCII at byte {0}")]
     InvalidCharacter(usize),
+    /// The id starts with `sig:`, the prefix of the keys that signature
+    /// deduplication stores next to event ids (refused only while
+    /// [`with_signature_dedup`](crate::KlikitWebhookLayer::with_signature_dedup) is on).
+    #[error("event id starts with the reserved prefix `sig:`")]
+    ReservedPrefix,
 }
 
 impl EventId {

@@ -148,6 +148,9 @@ impl Rejection {
             RejectionKind::MissingHeader(_) => r#"{"error":"missing klikit headers"}"#,
             RejectionKind::InvalidHeader(SIG) => r#"{"error":"invalid header x-klikit-signature"}"#,
             RejectionKind::InvalidHeader(TYPE) => r#"{"error":"invalid header x-klikit-event-type"}"#,
+            RejectionKind::InvalidEventId(InvalidEventId::ReservedPrefix) => {
+                r#"{"error":"invalid header x-klikit-event-id: the prefix sig: is reserved"}"#
+            }
             RejectionKind::InvalidHeader(_) | RejectionKind::InvalidEventId(_) => {
                 r#"{"error":"invalid header x-klikit-event-id: 1 to 256 visible ASCII characters expected"}"#
             }

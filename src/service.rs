@@ -17,7 +17,7 @@ use tower_service::Service;
 use tracing::Instrument;
 
 use crate::{
-    EventId, EventType, KlikitEvent, KlikitWebhookLayer,
+    EventId, EventType, InvalidEventId, KlikitEvent, KlikitWebhookLayer,
     event::{EVENT_ID_HEADER, EVENT_TYPE_HEADER, MAX_EVENT_ID_LEN, SIGNATURE_HEADER},
     layer::{Config, StoreFailurePolicy},
     rejection::{DUPLICATE_BODY, DeliveryOutcome, Rejection, RejectionKind, ResponseBody, json_response},
@@ -183,7 +183,13 @@ where
     ResBody: ResponseBody,
 {
     let (parts, body) = request.into_parts();
-    let delivery = match DeliveryHeaders::parse(&parts.headers) {
+    let delivery = DeliveryHeaders::parse(&parts.headers).and_then(|delivery| {
+        if config.dedup_on_signature && delivery.id.as_str().starts_with(SIGNATURE_KEY_PREFIX) {
+            return Err(RejectionKind::InvalidEventId(InvalidEventId::ReservedPrefix));
+        }
+        Ok(delivery)
+    });
+    let delivery = match delivery {
         Ok(delivery) => delivery,
         Err(kind) => {
             tracing::warn!(outcome = "rejected", reason = %Rejection::new(kind.clone()), "klikit delivery rejected");
@@ -344,10 +350,15 @@ async fn claim<B: ResponseBody>(config: &Config, key: &EventId) -> Claimed<B> {
     }
 }
 
+/// The prefix of signature dedup keys. Event ids that start with it are
+/// refused while signature deduplication is on, so the two kinds of key can
+/// never meet in the store.
+const SIGNATURE_KEY_PREFIX: &str = "sig:";
+
 /// The dedup key of a signed body: `sig:` and the signature in hex.
 fn signature_key(signature: &[u8; 32]) -> EventId {
-    let mut key = String::with_capacity(4 + 64);
-    key.push_str("sig:");
+    let mut key = String::with_capacity(SIGNATURE_KEY_PREFIX.len() + 64);
+    key.push_str(SIGNATURE_KEY_PREFIX);
     key.push_str(&hex::encode(signature));
     match EventId::new(key) {
         Ok(key) => key,

@@ -694,3 +694,18 @@ async fn signature_dedup_stops_a_body_replayed_under_a_new_id() {
     assert_eq!(send(&app, request).await.0, StatusCode::OK);
     assert_eq!(script.calls.load(Ordering::SeqCst), 3);
 }
+
+#[tokio::test]
+async fn event_ids_cannot_collide_with_signature_keys() {
+    let script = Script::default();
+    let app = router(layer().with_signature_dedup(true), script.clone());
+    let key = format!("sig:{}", sign(SECRET.as_bytes(), BODY.as_bytes()));
+    let (status, _, body) = send(&app, signed(&key)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("reserved"), "{body}");
+    assert_eq!(send(&app, signed("evt-normal")).await.0, StatusCode::OK);
+    // Without signature deduplication the prefix means nothing.
+    let app = router(layer(), script.clone());
+    assert_eq!(send(&app, signed(&key)).await.0, StatusCode::OK);
+    assert_eq!(script.calls.load(Ordering::SeqCst), 2);
+}

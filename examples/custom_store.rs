@@ -1,1 +1,3 @@
+//! Placeholder; the runnable custom store example lives on `main`.
+
 fn main() {}

@@ -1,4 +1,7 @@
 //! Helpers for testing code that receives Klikit webhooks.
+//!
+//! With the `test-util` feature, [`conformance`] holds the test suite every
+//! [`DedupStore`](crate::DedupStore) must pass.
 
 use bytes::Bytes;
 use http::{Request, header};
@@ -7,6 +10,10 @@ use crate::{
     event::{EVENT_ID_HEADER, EVENT_TYPE_HEADER, SIGNATURE_HEADER},
     signature::sign,
 };
+
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub mod conformance;
 
 /// The path the examples serve webhooks on.
 pub const WEBHOOK_PATH: &str = "/webhooks/klikit";

@@ -3,7 +3,12 @@
 //! Run with
 //!
 //! ```sh
-//! KLIKIT_WEBHOOK_SECRET=your-secret cargo run --example receiver
+//! KLIKIT_WEBHOOK_SECRET=your-secret cargo run --example receiver --features sqlite
+//! # Redis or Postgres shared by several instances:
+//! KLIKIT_STORE=redis://127.0.0.1:6379 KLIKIT_WEBHOOK_SECRET=your-secret \
+//!     cargo run --example receiver --features sqlite,redis
+//! KLIKIT_STORE=postgres://postgres@127.0.0.1:5432/app KLIKIT_WEBHOOK_SECRET=your-secret \
+//!     cargo run --example receiver --features sqlite,postgres
 //! ```
 //!
 //! It serves `POST /webhooks/klikit` on `PORT` (default 8080), answers
@@ -20,10 +25,19 @@
 //! Environment:
 //! - `KLIKIT_WEBHOOK_SECRET` (required): the webhook secret Klikit issued.
 //! - `KLIKIT_WEBHOOK_PREVIOUS_SECRET` (optional): also accepted, for rotations.
+//! - `KLIKIT_STORE` (default `klikit-dedup.sqlite3`): where processed event
+//!   ids are remembered, see [`store_from_spec`]:
+//!   - a file path or `sqlite://path`: the embedded SQLite store, kept across
+//!     restarts (the default, a file in the current directory);
+//!   - `redis://…` / `rediss://…`: Redis, shared by every instance (feature
+//!     `redis`);
+//!   - `postgres://…` / `postgresql://…`: a Postgres table, shared by every
+//!     instance, created at start-up (feature `postgres`);
+//!   - `memory`: in this process only, forgotten on restart.
 //! - `PORT` (default 8080) and `BIND` (default `0.0.0.0`).
 //! - `RUST_LOG` (default `info`).
 
-use std::{net::SocketAddr, process::ExitCode};
+use std::{net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
@@ -33,7 +47,8 @@ use axum::{
     routing::{get, post},
 };
 use klikit_webhook::{
-    EventType, KlikitEvent, KlikitWebhookLayer, SECRET_ENV_VAR, WebhookSecret, testing::WEBHOOK_PATH,
+    DedupStore, EventType, KlikitEvent, KlikitWebhookLayer, MemoryStore, SECRET_ENV_VAR, SqliteStore, WebhookSecret,
+    testing::WEBHOOK_PATH,
 };
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -99,15 +114,100 @@ fn process(event: &KlikitEvent) {
     }
 }
 
-/// The layer as configured from the environment.
-pub fn layer_from_env() -> Result<KlikitWebhookLayer, String> {
+/// The environment variable that selects the dedup store.
+pub const STORE_ENV_VAR: &str = "KLIKIT_STORE";
+/// The store used when `KLIKIT_STORE` is unset: an SQLite file in the
+/// current directory.
+pub const DEFAULT_STORE: &str = "klikit-dedup.sqlite3";
+/// How often the persistent stores delete expired records.
+pub const CLEANUP_PERIOD: Duration = Duration::from_secs(10 * 60);
+
+/// The layer as configured from the environment. Connects to the store, so
+/// it is `async`.
+pub async fn layer_from_env() -> Result<KlikitWebhookLayer, String> {
     let secret = WebhookSecret::from_env(SECRET_ENV_VAR).map_err(|e| e.to_string())?;
-    let mut layer = KlikitWebhookLayer::new(secret);
+    let spec = std::env::var(STORE_ENV_VAR).unwrap_or_else(|_| DEFAULT_STORE.into());
+    let store = store_from_spec(&spec).await?;
+    let mut layer = KlikitWebhookLayer::new(secret).with_shared_store(store);
     if let Ok(previous) = std::env::var("KLIKIT_WEBHOOK_PREVIOUS_SECRET") {
         let previous = WebhookSecret::new(previous).map_err(|e| format!("KLIKIT_WEBHOOK_PREVIOUS_SECRET: {e}"))?;
         layer = layer.with_secret(previous);
     }
     Ok(layer)
+}
+
+/// Opens the dedup store `spec` names (the value of `KLIKIT_STORE`):
+/// `memory`, `redis://…`, `rediss://…`, `postgres://…`, `postgresql://…`,
+/// `sqlite://…`, or else a path to an SQLite file. The persistent stores get
+/// a background task that deletes expired records every
+/// [`CLEANUP_PERIOD`]; Postgres gets its table created if missing.
+pub async fn store_from_spec(spec: &str) -> Result<Arc<dyn DedupStore>, String> {
+    let scheme = spec.split_once("://").map(|(scheme, _)| scheme);
+    let store: Arc<dyn DedupStore> = match scheme {
+        _ if spec == "memory" => {
+            tracing::warn!("dedup store: memory; processed event ids are forgotten on restart");
+            Arc::new(MemoryStore::new())
+        }
+        Some("redis" | "rediss") => redis_store(spec).await?,
+        Some("postgres" | "postgresql") => postgres_store(spec).await?,
+        Some("sqlite") => {
+            let store = SqliteStore::connect(spec)
+                .await
+                .map_err(|e| format!("{STORE_ENV_VAR}: {e}"))?;
+            tracing::info!(url = spec, "dedup store: sqlite");
+            store.spawn_cleanup(CLEANUP_PERIOD);
+            Arc::new(store)
+        }
+        Some(other) => return Err(format!("{STORE_ENV_VAR}: unknown scheme {other}://")),
+        None => {
+            let store = SqliteStore::open(spec)
+                .await
+                .map_err(|e| format!("{STORE_ENV_VAR}={spec}: {e}"))?;
+            tracing::info!(path = spec, "dedup store: sqlite");
+            store.spawn_cleanup(CLEANUP_PERIOD);
+            Arc::new(store)
+        }
+    };
+    Ok(store)
+}
+
+#[cfg(feature = "redis")]
+async fn redis_store(url: &str) -> Result<Arc<dyn DedupStore>, String> {
+    // The URL may hold a password: never log it.
+    let store = klikit_webhook::RedisStore::connect(url)
+        .await
+        .map_err(|e| format!("{STORE_ENV_VAR}: cannot connect to Redis: {e}"))?;
+    tracing::info!(prefix = store.prefix(), "dedup store: redis");
+    Ok(Arc::new(store))
+}
+
+#[cfg(not(feature = "redis"))]
+async fn redis_store(_url: &str) -> Result<Arc<dyn DedupStore>, String> {
+    Err(format!(
+        "{STORE_ENV_VAR} names a Redis store: run with `--features sqlite,redis`"
+    ))
+}
+
+#[cfg(feature = "postgres")]
+async fn postgres_store(url: &str) -> Result<Arc<dyn DedupStore>, String> {
+    // The URL may hold a password: never log it.
+    let store = klikit_webhook::PostgresStore::connect(url)
+        .await
+        .map_err(|e| format!("{STORE_ENV_VAR}: cannot connect to Postgres: {e}"))?;
+    store
+        .migrate()
+        .await
+        .map_err(|e| format!("{STORE_ENV_VAR}: cannot create the dedup table: {e}"))?;
+    store.spawn_cleanup(CLEANUP_PERIOD);
+    tracing::info!(table = store.table(), "dedup store: postgres");
+    Ok(Arc::new(store))
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn postgres_store(_url: &str) -> Result<Arc<dyn DedupStore>, String> {
+    Err(format!(
+        "{STORE_ENV_VAR} names a Postgres store: run with `--features sqlite,postgres`"
+    ))
 }
 
 async fn shutdown_signal() {
@@ -138,7 +238,7 @@ async fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
 
-    let layer = match layer_from_env() {
+    let layer = match layer_from_env().await {
         Ok(layer) => layer,
         Err(message) => {
             eprintln!("receiver: {message}");

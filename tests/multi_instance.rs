@@ -199,13 +199,8 @@ mod redis_backend {
 
     use super::*;
 
-    async fn open(url: &str, prefix: &str) -> Option<RedisStore> {
-        let connect = RedisStore::connect(url);
-        match tokio::time::timeout(Duration::from_secs(3), connect).await {
-            Ok(Ok(store)) => Some(store.with_prefix(prefix)),
-            Ok(Err(error)) => common::unreachable("Redis", url, error),
-            Err(_) => common::unreachable("Redis", url, "no connection within 3 s"),
-        }
+    async fn open(url: &str, prefix: &str) -> RedisStore {
+        RedisStore::connect(url).await.unwrap().with_prefix(prefix)
     }
 
     async fn cleanup(url: &str, prefix: &str) {
@@ -225,8 +220,10 @@ mod redis_backend {
     async fn redis_two_instances_process_each_event_once() {
         let url = common::redis_url();
         let prefix = format!("{}:", unique("redis"));
-        let Some(a) = open(&url, &prefix).await else { return };
-        let b = open(&url, &prefix).await.unwrap();
+        if common::probe_redis(&url).await.is_none() {
+            return;
+        }
+        let (a, b) = (open(&url, &prefix).await, open(&url, &prefix).await);
         two_instances_process_each_event_once("redis", a, b).await;
         cleanup(&url, &prefix).await;
     }
@@ -235,10 +232,10 @@ mod redis_backend {
     async fn redis_restart_remembers() {
         let url = common::redis_url();
         let prefix = format!("{}:", unique("redis"));
-        if open(&url, &prefix).await.is_none() {
+        if common::probe_redis(&url).await.is_none() {
             return;
         }
-        restart_remembers("redis", || async { open(&url, &prefix).await.unwrap() }).await;
+        restart_remembers("redis", || open(&url, &prefix)).await;
         cleanup(&url, &prefix).await;
     }
 }
@@ -251,16 +248,9 @@ mod postgres_backend {
     use super::*;
 
     /// A store on a pool of its own, as a separate instance would have.
-    async fn open(url: &str, table: &str) -> Option<PostgresStore> {
-        let pool = PgPoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(3))
-            .connect(url)
-            .await;
-        match pool {
-            Ok(pool) => Some(PostgresStore::new(pool).with_table(table).unwrap()),
-            Err(error) => common::unreachable("Postgres", url, error),
-        }
+    async fn open(url: &str, table: &str) -> PostgresStore {
+        let pool = PgPoolOptions::new().max_connections(8).connect(url).await.unwrap();
+        PostgresStore::new(pool).with_table(table).unwrap()
     }
 
     async fn drop_table(store: &PostgresStore) {
@@ -275,10 +265,12 @@ mod postgres_backend {
     async fn postgres_two_instances_process_each_event_once() {
         let url = common::database_url();
         let table = unique("pg");
-        let Some(a) = open(&url, &table).await else { return };
+        if common::probe_postgres(&url).await.is_none() {
+            return;
+        }
+        let a = open(&url, &table).await;
         a.migrate().await.unwrap();
-        let b = open(&url, &table).await.unwrap();
-        let admin = open(&url, &table).await.unwrap();
+        let (b, admin) = (open(&url, &table).await, open(&url, &table).await);
         two_instances_process_each_event_once("postgres", a, b).await;
         drop_table(&admin).await;
     }
@@ -287,9 +279,12 @@ mod postgres_backend {
     async fn postgres_restart_remembers() {
         let url = common::database_url();
         let table = unique("pg");
-        let Some(admin) = open(&url, &table).await else { return };
+        if common::probe_postgres(&url).await.is_none() {
+            return;
+        }
+        let admin = open(&url, &table).await;
         admin.migrate().await.unwrap();
-        restart_remembers("postgres", || async { open(&url, &table).await.unwrap() }).await;
+        restart_remembers("postgres", || open(&url, &table)).await;
         drop_table(&admin).await;
     }
 }

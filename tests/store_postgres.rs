@@ -50,18 +50,8 @@ impl StoreFactory for Postgres {
 
 async fn factory() -> Option<Postgres> {
     let url = common::database_url();
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(Duration::from_secs(3))
-        .connect(&url)
-        .await;
-    match pool {
-        Ok(pool) => {
-            pool.close().await;
-            Some(Postgres { url })
-        }
-        Err(error) => common::unreachable("Postgres", &url, error),
-    }
+    common::probe_postgres(&url).await?;
+    Some(Postgres { url })
 }
 
 klikit_webhook::dedup_store_tests!(factory());

@@ -53,18 +53,8 @@ impl StoreFactory for Redis {
 
 async fn factory() -> Option<Redis> {
     let url = common::redis_url();
-    // A plain connection with a deadline: `RedisStore::connect` retries for
-    // several seconds before giving up.
-    let probe = async {
-        let client = redis::Client::open(url.as_str())?;
-        let mut connection = client.get_multiplexed_async_connection().await?;
-        redis::cmd("PING").query_async::<String>(&mut connection).await
-    };
-    match tokio::time::timeout(Duration::from_secs(3), probe).await {
-        Ok(Ok(_)) => Some(Redis { url }),
-        Ok(Err(error)) => common::unreachable("Redis", &url, error),
-        Err(_) => common::unreachable("Redis", &url, "no answer within 3 s"),
-    }
+    common::probe_redis(&url).await?;
+    Some(Redis { url })
 }
 
 klikit_webhook::dedup_store_tests!(factory());

@@ -3,7 +3,7 @@
 //! Each test runs real servers (`axum::serve` on 127.0.0.1 ephemeral ports),
 //! each with its own store object and connection, in front of one shared
 //! backend, and talks to them over TCP with a hyper client.
-#![cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
+#![cfg(all(feature = "axum", any(feature = "redis", feature = "postgres", feature = "sqlite")))]
 
 mod common;
 

@@ -1,7 +1,13 @@
 //! Helpers for testing code that receives Klikit webhooks.
 //!
-//! With the `test-util` feature, [`conformance`] holds the test suite every
-//! [`DedupStore`](crate::DedupStore) must pass.
+#![cfg_attr(
+    feature = "test-util",
+    doc = "With the `test-util` feature, [`conformance`] holds the test suite every [`DedupStore`](crate::DedupStore) must pass."
+)]
+#![cfg_attr(
+    not(feature = "test-util"),
+    doc = "With the `test-util` feature, `conformance` holds the test suite every [`DedupStore`](crate::DedupStore) must pass."
+)]
 
 use bytes::Bytes;
 use http::{Request, header};

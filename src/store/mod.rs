@@ -27,18 +27,40 @@
 //! | store | feature | shared between instances | survives restart |
 //! |---|---|---|---|
 //! | [`MemoryStore`] | always | no | no |
-//! | [`SqliteStore`] | `sqlite` | processes on one host | yes |
-//! | [`RedisStore`] | `redis` | yes | yes (with Redis persistence) |
-//! | [`PostgresStore`] | `postgres` | yes | yes |
+#![cfg_attr(
+    feature = "sqlite",
+    doc = "| [`SqliteStore`] | `sqlite` | processes on one host | yes |"
+)]
+#![cfg_attr(
+    not(feature = "sqlite"),
+    doc = "| `SqliteStore` | `sqlite` | processes on one host | yes |"
+)]
+#![cfg_attr(
+    feature = "redis",
+    doc = "| [`RedisStore`] | `redis` | yes | yes (with Redis persistence) |"
+)]
+#![cfg_attr(
+    not(feature = "redis"),
+    doc = "| `RedisStore` | `redis` | yes | yes (with Redis persistence) |"
+)]
+#![cfg_attr(feature = "postgres", doc = "| [`PostgresStore`] | `postgres` | yes | yes |")]
+#![cfg_attr(not(feature = "postgres"), doc = "| `PostgresStore` | `postgres` | yes | yes |")]
 //!
-//! Every backend answers each operation in one round trip, so a delivery
-//! costs two: `claim`, then `complete` or `release`.
+//! Every backend answers each operation in one round trip (Redis: once its
+//! scripts are loaded), so a delivery costs two: `claim`, then `complete` or
+//! `release`.
 //!
 //! The persistent stores clamp leases and retentions to between 1 ms and
 //! [`MAX_TTL`], the range every backend can represent.
 //!
-//! The [conformance suite](crate::testing::conformance) (feature
-//! `test-util`) checks a store against this contract.
+#![cfg_attr(
+    feature = "test-util",
+    doc = "The [conformance suite](crate::testing::conformance) (feature `test-util`) checks a store against this contract."
+)]
+#![cfg_attr(
+    not(feature = "test-util"),
+    doc = "The conformance suite in `testing::conformance` (feature `test-util`) checks a store against this contract."
+)]
 //!
 //! # Writing your own store
 //!

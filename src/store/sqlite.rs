@@ -25,7 +25,7 @@ use crate::{ConfigError, EventId};
 /// proven embedded database, it is safe for many tasks (and several
 /// processes on one host) writing at once, and through sqlx it shares its
 /// driver, its error type and **the same SQL shape** with
-/// [`PostgresStore`](super::PostgresStore): one `INSERT ... ON CONFLICT DO
+/// `PostgresStore` (see [the backends](crate::store#backends)): one `INSERT ... ON CONFLICT DO
 /// UPDATE ... RETURNING` per claim (SQLite 3.35 or later; the `sqlite`
 /// feature compiles a bundled, current SQLite into the binary, so the system
 /// library does not matter). A key-value store such as redb would need its
@@ -43,7 +43,7 @@ use crate::{ConfigError, EventId};
 /// lets a retry of a just-completed event through), and create the table.
 /// Keep the file on a local disk: SQLite locking does not work over network
 /// file systems. Instances on different hosts need
-/// [`RedisStore`](super::RedisStore) or [`PostgresStore`](super::PostgresStore).
+/// `RedisStore` or `PostgresStore` (see [the backends](crate::store#backends)).
 ///
 /// ```sql
 /// CREATE TABLE IF NOT EXISTS "klikit_webhook_dedup" (
@@ -60,7 +60,7 @@ use crate::{ConfigError, EventId};
 ///
 /// Each operation is one statement, atomic because SQLite runs one writer at
 /// a time. `claim` has the shape explained on
-/// [`PostgresStore`](super::PostgresStore), with the current time passed as
+/// `PostgresStore` (feature `postgres`), with the current time passed as
 /// unix milliseconds from this process's clock:
 ///
 /// ```sql

@@ -13,4 +13,14 @@ pub enum ConfigError {
         /// The variable's name.
         variable: String,
     },
+    /// A table or schema name for an SQL dedup store is not a plain
+    /// identifier: it must match `[A-Za-z_][A-Za-z0-9_]*` and be at most 63
+    /// bytes long.
+    #[error(
+        "{name:?} is not a valid SQL identifier: use 1 to 63 ASCII letters, digits and underscores, not starting with a digit"
+    )]
+    InvalidIdentifier {
+        /// The rejected name.
+        name: String,
+    },
 }

@@ -92,6 +92,10 @@
 //! | feature | default | enables |
 //! |---|---|---|
 //! | `axum` | yes | the [`KlikitEvent`] and [`KlikitPayload`] extractors |
+//! | `sqlite` | no | `SqliteStore`: an embedded, persistent dedup store (bundled SQLite, via sqlx) |
+//! | `redis` | no | `RedisStore`: a dedup store shared by every instance, in Redis |
+//! | `postgres` | no | `PostgresStore`: a dedup store shared by every instance, in a Postgres table (sqlx) |
+//! | `test-util` | no | [`testing::conformance`](crate::testing), the test suite for dedup stores |
 //! | `nats` | no | [durable hand-off](handoff) to NATS JetStream: publish before answering 2xx, process from a worker |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -127,4 +131,13 @@ pub use layer::{KlikitWebhookLayer, StoreFailurePolicy};
 pub use rejection::{DeliveryOutcome, Rejection, RejectionKind, ResponseBody};
 pub use secret::{RECOMMENDED_MIN_SECRET_LEN, SECRET_ENV_VAR, WebhookSecret};
 pub use service::{KlikitWebhookService, ResponseFuture};
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use store::PostgresStore;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use store::RedisStore;
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub use store::SqliteStore;
 pub use store::{DedupStore, MemoryStore, StoreError};

@@ -15,15 +15,21 @@
 //! Environment:
 //! - `KLIKIT_WEBHOOK_SECRET` (required): the webhook secret Klikit issued.
 //! - `KLIKIT_WEBHOOK_PREVIOUS_SECRET` (optional): also accepted, for rotations.
+//! - `KLIKIT_STORE` (default `klikit-dedup.sqlite3`): the dedup store, see
+//!   [`store_from_spec`]: `memory`, an SQLite path or `sqlite://…`,
+//!   `redis://…` (feature `redis`), `postgres://…` (feature `postgres`).
 //! - `PORT` (default 8080) and `BIND` (default `0.0.0.0`).
 //! - `RUST_LOG` (default `info`).
 //!
 //! It also serves `GET /metrics` in Prometheus format: the layer's
 //! per-outcome delivery counters and latency histogram.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use crate::{EventType, KlikitEvent, KlikitWebhookLayer, SECRET_ENV_VAR, WebhookSecret, testing::WEBHOOK_PATH};
+use crate::{
+    DedupStore, EventType, KlikitEvent, KlikitWebhookLayer, MemoryStore, SECRET_ENV_VAR, SqliteStore, WebhookSecret,
+    testing::WEBHOOK_PATH,
+};
 use axum::{
     Json, Router,
     extract::State,
@@ -103,6 +109,9 @@ pub enum ReceiverError {
     /// A setting is missing or wrong; the message says which.
     #[error("{0}")]
     Config(String),
+    /// The dedup store could not be opened.
+    #[error("{0}")]
+    Store(String),
     /// Listening or serving failed.
     #[error("{context}: {source}")]
     Io {
@@ -114,21 +123,122 @@ pub enum ReceiverError {
     },
 }
 
+/// The environment variable that selects the dedup store.
+pub const STORE_ENV_VAR: &str = "KLIKIT_STORE";
+/// The store used when `KLIKIT_STORE` is unset: an SQLite file in the
+/// current directory, so a restarted receiver still ignores what it processed.
+pub const DEFAULT_STORE: &str = "klikit-dedup.sqlite3";
+/// How often the persistent stores delete expired records.
+pub const CLEANUP_PERIOD: Duration = Duration::from_secs(10 * 60);
+
 /// The layer as configured from the environment: `KLIKIT_WEBHOOK_SECRET`
-/// (required) and `KLIKIT_WEBHOOK_PREVIOUS_SECRET` (optional, for rotations).
+/// (required), `KLIKIT_WEBHOOK_PREVIOUS_SECRET` (optional, for rotations) and
+/// `KLIKIT_STORE` (see [`store_from_spec`]). Connects to the store, so it is
+/// `async`.
 ///
 /// # Errors
 ///
-/// [`ReceiverError::Config`] if the secret is unset or empty.
-pub fn layer_from_env() -> Result<KlikitWebhookLayer, ReceiverError> {
+/// [`ReceiverError::Config`] if the secret is unset or empty or the store
+/// spec is unknown, [`ReceiverError::Store`] if the store cannot be opened.
+pub async fn layer_from_env() -> Result<KlikitWebhookLayer, ReceiverError> {
     let secret = WebhookSecret::from_env(SECRET_ENV_VAR).map_err(|e| ReceiverError::Config(e.to_string()))?;
-    let mut layer = KlikitWebhookLayer::new(secret);
-    if let Ok(previous) = std::env::var("KLIKIT_WEBHOOK_PREVIOUS_SECRET") {
-        let previous = WebhookSecret::new(previous)
-            .map_err(|e| ReceiverError::Config(format!("KLIKIT_WEBHOOK_PREVIOUS_SECRET: {e}")))?;
+    let previous = match std::env::var("KLIKIT_WEBHOOK_PREVIOUS_SECRET") {
+        Ok(previous) => Some(
+            WebhookSecret::new(previous)
+                .map_err(|e| ReceiverError::Config(format!("KLIKIT_WEBHOOK_PREVIOUS_SECRET: {e}")))?,
+        ),
+        Err(_) => None,
+    };
+    let spec = std::env::var(STORE_ENV_VAR).unwrap_or_else(|_| DEFAULT_STORE.into());
+    let store = store_from_spec(&spec).await?;
+    let mut layer = KlikitWebhookLayer::new(secret).with_shared_store(store);
+    if let Some(previous) = previous {
         layer = layer.with_secret(previous);
     }
     Ok(layer)
+}
+
+/// Opens the dedup store `spec` names (the value of `KLIKIT_STORE`):
+/// `memory`, `redis://…`, `rediss://…`, `postgres://…`, `postgresql://…`,
+/// `sqlite://…`, or else a path to an SQLite file. The persistent stores get
+/// a background task that deletes expired records every
+/// [`CLEANUP_PERIOD`]; Postgres gets its table created if missing.
+///
+/// # Errors
+///
+/// [`ReceiverError::Config`] for an unknown scheme or a backend whose feature
+/// is off, [`ReceiverError::Store`] if the store cannot be opened.
+pub async fn store_from_spec(spec: &str) -> Result<Arc<dyn DedupStore>, ReceiverError> {
+    let scheme = spec.split_once("://").map(|(scheme, _)| scheme);
+    let store: Arc<dyn DedupStore> = match scheme {
+        _ if spec == "memory" => {
+            tracing::warn!("dedup store: memory; processed event ids are forgotten on restart");
+            Arc::new(MemoryStore::new())
+        }
+        Some("redis" | "rediss") => redis_store(spec).await?,
+        Some("postgres" | "postgresql") => postgres_store(spec).await?,
+        Some("sqlite") => {
+            let store = SqliteStore::connect(spec)
+                .await
+                .map_err(|e| ReceiverError::Store(format!("{STORE_ENV_VAR}: {e}")))?;
+            tracing::info!(url = spec, "dedup store: sqlite");
+            store.spawn_cleanup(CLEANUP_PERIOD);
+            Arc::new(store)
+        }
+        Some(other) => {
+            return Err(ReceiverError::Config(format!(
+                "{STORE_ENV_VAR}: unknown scheme {other}://"
+            )));
+        }
+        None => {
+            let store = SqliteStore::open(spec)
+                .await
+                .map_err(|e| ReceiverError::Store(format!("{STORE_ENV_VAR}={spec}: {e}")))?;
+            tracing::info!(path = spec, "dedup store: sqlite");
+            store.spawn_cleanup(CLEANUP_PERIOD);
+            Arc::new(store)
+        }
+    };
+    Ok(store)
+}
+
+#[cfg(feature = "redis")]
+async fn redis_store(url: &str) -> Result<Arc<dyn DedupStore>, ReceiverError> {
+    // The URL may hold a password: never log it.
+    let store = crate::RedisStore::connect(url)
+        .await
+        .map_err(|e| ReceiverError::Store(format!("{STORE_ENV_VAR}: cannot connect to Redis: {e}")))?;
+    tracing::info!(prefix = store.prefix(), "dedup store: redis");
+    Ok(Arc::new(store))
+}
+
+#[cfg(not(feature = "redis"))]
+async fn redis_store(_url: &str) -> Result<Arc<dyn DedupStore>, ReceiverError> {
+    Err(ReceiverError::Config(format!(
+        "{STORE_ENV_VAR} names a Redis store: build with the `redis` feature"
+    )))
+}
+
+#[cfg(feature = "postgres")]
+async fn postgres_store(url: &str) -> Result<Arc<dyn DedupStore>, ReceiverError> {
+    // The URL may hold a password: never log it.
+    let store = crate::PostgresStore::connect(url)
+        .await
+        .map_err(|e| ReceiverError::Store(format!("{STORE_ENV_VAR}: cannot connect to Postgres: {e}")))?;
+    store
+        .migrate()
+        .await
+        .map_err(|e| ReceiverError::Store(format!("{STORE_ENV_VAR}: cannot create the dedup table: {e}")))?;
+    store.spawn_cleanup(CLEANUP_PERIOD);
+    tracing::info!(table = store.table(), "dedup store: postgres");
+    Ok(Arc::new(store))
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn postgres_store(_url: &str) -> Result<Arc<dyn DedupStore>, ReceiverError> {
+    Err(ReceiverError::Config(format!(
+        "{STORE_ENV_VAR} names a Postgres store: build with the `postgres` feature"
+    )))
 }
 
 /// Serves the receiver as configured by the environment until Ctrl-C or
@@ -139,7 +249,7 @@ pub fn layer_from_env() -> Result<KlikitWebhookLayer, ReceiverError> {
 /// [`ReceiverError::Config`] for a missing secret or a bad `PORT`/`BIND`,
 /// [`ReceiverError::Io`] if the address cannot be bound or serving fails.
 pub async fn serve_from_env() -> Result<(), ReceiverError> {
-    let layer = layer_from_env()?;
+    let layer = layer_from_env().await?;
     let port = std::env::var("PORT").unwrap_or_else(|_| "8080".into());
     let bind = std::env::var("BIND").unwrap_or_else(|_| "0.0.0.0".into());
     let addr: SocketAddr = format!("{bind}:{port}")

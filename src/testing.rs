@@ -1,4 +1,13 @@
 //! Helpers for testing code that receives Klikit webhooks.
+//!
+#![cfg_attr(
+    feature = "test-util",
+    doc = "With the `test-util` feature, [`conformance`] holds the test suite every [`DedupStore`](crate::DedupStore) must pass."
+)]
+#![cfg_attr(
+    not(feature = "test-util"),
+    doc = "With the `test-util` feature, `conformance` holds the test suite every [`DedupStore`](crate::DedupStore) must pass."
+)]
 
 use bytes::Bytes;
 use http::{Request, header};
@@ -39,6 +48,10 @@ pub mod fixtures {
         }
     }
 }
+
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub mod conformance;
 
 /// The path the examples serve webhooks on.
 pub const WEBHOOK_PATH: &str = "/webhooks/klikit";

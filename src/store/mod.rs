@@ -27,9 +27,40 @@
 //! | store | feature | shared between instances | survives restart |
 //! |---|---|---|---|
 //! | [`MemoryStore`] | always | no | no |
-//! | `SqliteStore` | `sqlite` | processes on one host | yes |
-//! | `RedisStore` | `redis` | yes | yes (with Redis persistence) |
-//! | `PostgresStore` | `postgres` | yes | yes |
+#![cfg_attr(
+    feature = "sqlite",
+    doc = "| [`SqliteStore`] | `sqlite` | processes on one host | yes |"
+)]
+#![cfg_attr(
+    not(feature = "sqlite"),
+    doc = "| `SqliteStore` | `sqlite` | processes on one host | yes |"
+)]
+#![cfg_attr(
+    feature = "redis",
+    doc = "| [`RedisStore`] | `redis` | yes | yes (with Redis persistence) |"
+)]
+#![cfg_attr(
+    not(feature = "redis"),
+    doc = "| `RedisStore` | `redis` | yes | yes (with Redis persistence) |"
+)]
+#![cfg_attr(feature = "postgres", doc = "| [`PostgresStore`] | `postgres` | yes | yes |")]
+#![cfg_attr(not(feature = "postgres"), doc = "| `PostgresStore` | `postgres` | yes | yes |")]
+//!
+//! Every backend answers each operation in one round trip (Redis: once its
+//! scripts are loaded), so a delivery costs two: `claim`, then `complete` or
+//! `release`.
+//!
+//! The persistent stores clamp leases and retentions to between 1 ms and
+//! [`MAX_TTL`], the range every backend can represent.
+//!
+#![cfg_attr(
+    feature = "test-util",
+    doc = "The [conformance suite](crate::testing::conformance) (feature `test-util`) checks a store against this contract."
+)]
+#![cfg_attr(
+    not(feature = "test-util"),
+    doc = "The conformance suite in `testing::conformance` (feature `test-util`) checks a store against this contract."
+)]
 //!
 //! # Writing your own store
 //!
@@ -107,8 +138,59 @@ use async_trait::async_trait;
 use crate::EventId;
 
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "redis")]
+mod redis;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use postgres::PostgresStore;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use redis::RedisStore;
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub use sqlite::SqliteStore;
+
+/// The longest lease or retention the persistent stores keep: 10 years.
+/// Longer durations are shortened to this.
+pub const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
+
+/// `duration` in whole milliseconds, clamped to `1..=MAX_TTL`.
+#[cfg_attr(
+    not(any(feature = "redis", feature = "postgres", feature = "sqlite")),
+    allow(dead_code)
+)]
+pub(crate) fn ttl_millis(duration: Duration) -> i64 {
+    let millis = duration.min(MAX_TTL).as_millis().max(1);
+    i64::try_from(millis).unwrap_or(i64::MAX)
+}
+
+/// Checks that `name` is a plain SQL identifier, safe to splice into a
+/// statement: `[A-Za-z_][A-Za-z0-9_]*`, at most 63 bytes (the Postgres limit).
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) fn validate_identifier(name: &str) -> std::result::Result<(), crate::ConfigError> {
+    let bytes = name.as_bytes();
+    let valid = !bytes.is_empty()
+        && bytes.len() <= 63
+        && (bytes[0].is_ascii_alphabetic() || bytes[0] == b'_')
+        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(crate::ConfigError::InvalidIdentifier { name: name.to_owned() })
+    }
+}
+
+/// A token's 16 big-endian bytes, as the SQL stores persist it.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) fn token_bytes(token: LeaseToken) -> [u8; 16] {
+    token.as_u128().to_be_bytes()
+}
 
 /// The result type of every [`DedupStore`] operation.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

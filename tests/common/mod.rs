@@ -1,0 +1,64 @@
+//! Helpers shared by the store tests.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::{fmt::Display, io::Write, time::Duration};
+
+/// How long a reachability probe waits.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The Postgres the tests use: `DATABASE_URL`, or the local test server.
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// The Redis the tests use: `REDIS_URL`, or the local server.
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A backend is unreachable: fail under CI (`CI` is set), otherwise say so
+/// loudly and skip.
+pub fn unreachable<T>(backend: &str, url: &str, error: impl Display) -> Option<T> {
+    if std::env::var_os("CI").is_some() {
+        panic!("{backend} at {url} is unreachable and CI is set: {error}");
+    }
+    // Straight to the stderr handle: the test harness captures `eprintln!`
+    // of passing tests, and a skip must not go unnoticed.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED: {backend} at {url} is unreachable ({error}); set CI=1 to make this a failure"
+    );
+    None
+}
+
+/// One connection attempt to Redis with a deadline; `None` (after
+/// [`unreachable`]) if it fails.
+#[cfg(feature = "redis")]
+pub async fn probe_redis(url: &str) -> Option<()> {
+    let probe = async {
+        let client = redis::Client::open(url)?;
+        let mut connection = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut connection).await
+    };
+    match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+        Ok(Ok(_)) => Some(()),
+        Ok(Err(error)) => unreachable("Redis", url, error),
+        Err(_) => unreachable("Redis", url, "no answer within the probe timeout"),
+    }
+}
+
+/// One connection attempt to Postgres with a deadline (a pool would retry
+/// until its acquire timeout); `None` (after [`unreachable`]) if it fails.
+#[cfg(feature = "postgres")]
+pub async fn probe_postgres(url: &str) -> Option<()> {
+    use sqlx::Connection;
+    match tokio::time::timeout(PROBE_TIMEOUT, sqlx::PgConnection::connect(url)).await {
+        Ok(Ok(connection)) => {
+            let _ = connection.close().await;
+            Some(())
+        }
+        Ok(Err(error)) => unreachable("Postgres", url, error),
+        Err(_) => unreachable("Postgres", url, "no answer within the probe timeout"),
+    }
+}

@@ -127,6 +127,7 @@ fn serve_receives_then_drains_on_sigterm() {
     let server = Command::new(KLIKIT)
         .arg("serve")
         .env("KLIKIT_WEBHOOK_SECRET", SECRET)
+        .env("KLIKIT_STORE", "memory")
         .env("PORT", port.to_string())
         .env("BIND", "127.0.0.1")
         .env("RUST_LOG", "info")
@@ -177,6 +178,7 @@ fn serve_exposes_prometheus_metrics_on_a_separate_route() {
     let mut server = Command::new(KLIKIT)
         .arg("serve")
         .env("KLIKIT_WEBHOOK_SECRET", SECRET)
+        .env("KLIKIT_STORE", "memory")
         .env("PORT", port.to_string())
         .env("BIND", "127.0.0.1")
         .stdout(Stdio::null())
@@ -230,4 +232,66 @@ fn scrape(port: u16) -> String {
     stream.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     answer
+}
+
+/// Starts `klikit serve` on a free port with `store`, waits until it answers.
+fn spawn_server(store: &str) -> (std::process::Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(KLIKIT)
+        .arg("serve")
+        .env("KLIKIT_WEBHOOK_SECRET", SECRET)
+        .env("KLIKIT_STORE", store)
+        .env("PORT", port.to_string())
+        .env("BIND", "127.0.0.1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return (child, format!("http://127.0.0.1:{port}/webhooks/klikit"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    panic!("klikit serve did not come up");
+}
+
+fn send_once(url: &str, id: &str) -> String {
+    let output = Command::new(KLIKIT)
+        .args(["send", url, "--event-id", id])
+        .env("KLIKIT_WEBHOOK_SECRET", SECRET)
+        .output()
+        .unwrap();
+    answers(&String::from_utf8(output.stdout).unwrap()).join("\n")
+}
+
+/// A real process restart with the embedded store: the event processed
+/// before the restart is a duplicate after it; with `memory` it is not.
+#[test]
+fn restarted_receiver_still_ignores_what_it_processed() {
+    let dir = std::env::temp_dir().join(format!("klikit-cli-restart-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("dedup.sqlite3");
+    let store = path.to_str().unwrap();
+    for (store, after_restart) in [
+        (store, r#"200 {"status":"duplicate-ignored"}"#),
+        ("memory", r#"200 {"status":"received"}"#),
+    ] {
+        let (mut server, url) = spawn_server(store);
+        assert_eq!(send_once(&url, "test-restart"), r#"200 {"status":"received"}"#);
+        Command::new("kill")
+            .args(["-TERM", &server.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(server.wait().unwrap().success());
+        let (mut server, url) = spawn_server(store);
+        assert_eq!(send_once(&url, "test-restart"), after_restart, "store {store}");
+        let _ = server.kill();
+        let _ = server.wait();
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }

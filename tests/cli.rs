@@ -241,7 +241,7 @@ fn spawn_server(store: &str) -> (std::process::Child, String) {
         .local_addr()
         .unwrap()
         .port();
-    let child = Command::new(KLIKIT)
+    let mut child = Command::new(KLIKIT)
         .arg("serve")
         .env("KLIKIT_WEBHOOK_SECRET", SECRET)
         .env("KLIKIT_STORE", store)
@@ -257,6 +257,8 @@ fn spawn_server(store: &str) -> (std::process::Child, String) {
         }
         std::thread::sleep(std::time::Duration::from_millis(25));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("klikit serve did not come up");
 }
 

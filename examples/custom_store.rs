@@ -1,1 +1,3 @@
+//! Placeholder: the custom store example is not written yet on this branch.
+
 fn main() {}

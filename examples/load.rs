@@ -123,7 +123,7 @@ impl Config {
         };
         match self.ids {
             Ids::Unique => server.to_owned(),
-            Ids::Dup20 => format!("{server}, 20% dup"),
+            Ids::Dup20 => format!("{server} + 20% dup"),
         }
     }
 }

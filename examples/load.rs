@@ -154,6 +154,10 @@ fn examples_dir() -> PathBuf {
 
 fn start(server: Server, opts: &Options) -> Running {
     let port = PORT.to_string();
+    assert!(
+        std::net::TcpStream::connect(addr()).is_err(),
+        "port {port} is already in use: another server would answer instead of {server:?}"
+    );
     let mut command = Command::new("taskset");
     command.arg("-c").arg(&opts.server_cpu);
     match server {

@@ -155,9 +155,15 @@ fn millis(duration: Duration) -> u64 {
 
 impl Shard {
     /// Forgets expired claims and records at the front of both queues.
+    ///
+    /// A lease entry whose claim was already completed or released is
+    /// dropped at once rather than when its lease would have expired: it
+    /// could only ever be a no-op, and keeping it would hold a copy of the id
+    /// (and the queue slot) for the whole lease, so that a busy receiver's
+    /// queue grew with its rate times the lease, beyond the store's capacity.
     fn purge(&mut self, now: u64) {
         while let Some(front) = self.leases.front() {
-            if front.deadline > now {
+            if front.deadline > now && self.is_in_flight(front) {
                 break;
             }
             let Some(expired) = self.leases.pop_front() else {
@@ -174,6 +180,13 @@ impl Shard {
             };
             self.forget_if(&expired, true);
         }
+    }
+
+    /// Whether the claim `expiry` was queued for is still held.
+    fn is_in_flight(&self, expiry: &Expiry) -> bool {
+        self.records
+            .get(&expiry.id)
+            .is_some_and(|r| r.token == expiry.token && !r.done)
     }
 
     /// Removes the record `expiry` points to if it is still that record.

@@ -1,0 +1,64 @@
+//! Signature verification: `Verifier::verify` against a plain HMAC-SHA256
+//! (`hmac` + `sha2`, keyed per call, as a hand-written receiver does) over
+//! the same bytes, for bodies of 64 B, 1 KiB, 16 KiB and 1 MiB.
+//!
+//! Run with `cargo bench --bench verify`; `benches/criterion_ratios.py`
+//! turns the estimates into ratios.
+
+use std::hint::black_box;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use hmac::{Hmac, KeyInit, Mac};
+use klikit_webhook::{
+    WebhookSecret,
+    signature::{Verifier, sign},
+};
+use sha2::Sha256;
+
+const SECRET: &str = "bench-secret-0123456789abcdef0123456789";
+const SIZES: [(usize, &str); 4] = [(64, "64B"), (1024, "1KiB"), (16 * 1024, "16KiB"), (1024 * 1024, "1MiB")];
+
+fn body(len: usize) -> Vec<u8> {
+    // JSON-ish printable bytes; the content does not matter to SHA-256.
+    (0..len).map(|i| b"{\"orders\":[1,2,3]}"[i % 18]).collect()
+}
+
+fn raw_hmac(secret: &[u8], body: &[u8], signature_hex: &[u8]) -> bool {
+    let mut expected = [0u8; 32];
+    if hex::decode_to_slice(signature_hex, &mut expected).is_err() {
+        return false;
+    }
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
+        return false;
+    };
+    mac.update(body);
+    mac.verify_slice(&expected).is_ok()
+}
+
+fn verification(c: &mut Criterion) {
+    let verifier = Verifier::new(WebhookSecret::new(SECRET).unwrap());
+    let mut group = c.benchmark_group("verify");
+    for (len, label) in SIZES {
+        let body = body(len);
+        let signature = sign(SECRET.as_bytes(), &body);
+        assert_eq!(verifier.verify(&body, signature.as_bytes()), Ok(0));
+        assert!(raw_hmac(SECRET.as_bytes(), &body, signature.as_bytes()));
+        group.throughput(Throughput::Bytes(len as u64));
+        group.bench_with_input(BenchmarkId::new("verifier", label), &body, |b, body| {
+            b.iter(|| verifier.verify(black_box(body), black_box(signature.as_bytes())))
+        });
+        group.bench_with_input(BenchmarkId::new("raw_hmac", label), &body, |b, body| {
+            b.iter(|| {
+                raw_hmac(
+                    black_box(SECRET.as_bytes()),
+                    black_box(body),
+                    black_box(signature.as_bytes()),
+                )
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, verification);
+criterion_main!(benches);

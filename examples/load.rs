@@ -4,7 +4,8 @@
 //! builds everything in release mode and pins this driver to CPU 1.
 //!
 //! For every repetition it runs each configuration in turn (interleaved, so
-//! drifting background load hits all of them alike): it starts a fresh server
+//! drifting background load hits all of them alike; the order rotates by one
+//! each repetition): it starts a fresh server
 //! pinned to CPU 0 with `taskset`, waits for its port, drives it with
 //! `--connections` keep-alive connections in a closed loop for `--warmup`
 //! seconds, then measures for `--duration` seconds, then kills it. Each
@@ -673,7 +674,7 @@ fn main() {
         });
     }
     if let Some(only) = &opts.only {
-        configs.retain(|c| c.label().contains(only.as_str()));
+        configs.retain(|c| only.split(',').any(|part| c.label() == part.trim()));
     }
     println!(
         "load: {} connections, {:.1} s warm-up + {:.1} s measured per run, {} repetitions, server on CPU {}, \
@@ -696,7 +697,12 @@ fn main() {
     }
     let mut results: BTreeMap<Config, Vec<RunResult>> = BTreeMap::new();
     for rep in 1..=opts.reps {
-        for &config in &configs {
+        // Rotate the order every repetition: whichever configuration runs
+        // first, or right after Flask's workers are torn down, is not always
+        // the same one.
+        let mut order = configs.clone();
+        order.rotate_left((rep - 1) % configs.len().max(1));
+        for &config in &order {
             let r = run(config, &opts, &bodies, tck);
             let statuses: String = r.statuses.iter().map(|(s, n)| format!("{s}x{n} ")).collect();
             println!(

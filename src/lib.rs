@@ -87,18 +87,75 @@
 //! Serve the webhook on its own route (an axum router merged with tonic's
 //! routes) rather than in front of gRPC services.
 //!
+//! # Choosing a store
+//!
+//! Every delivery costs two store operations (claim, then complete or
+//! release); a duplicate costs one.
+//!
+//! | store | feature | shared by instances | survives restart | use it for |
+//! |---|---|---|---|---|
+//! | [`MemoryStore`] | always | no | no | tests, one instance that may re-process after a restart |
+//! | `SqliteStore` | `sqlite` | processes on one host | yes | one host, no server to run (the example receiver's default) |
+//! | `RedisStore` | `redis` | yes | with Redis persistence | several instances behind a load balancer |
+//! | `PostgresStore` | `postgres` | yes | yes | several instances, and the outbox hand-off in the same database |
+//!
+//! A store of your own implements [`DedupStore`]; the [`store`] module docs
+//! give the exact contract, and the `test-util` feature gives you the suite
+//! the built-in stores pass.
+//!
+//! # Running several instances
+//!
+//! Klikit may deliver an event and its retry to different instances. Give
+//! every instance the same secret and the same shared store (one Redis key
+//! prefix or one Postgres table): the claim is atomic in the backend, so
+//! exactly one instance runs the handler, a concurrent copy gets 409 and is
+//! retried, and a later copy gets `duplicate-ignored`. An instance that dies
+//! holding a claim blocks that event for at most the lease.
+//!
+//! # Secret rotation
+//!
+//! Klikit switches secrets with no overlap window. Deploy with the new secret
+//! and the old one added with
+//! [`with_secret`](KlikitWebhookLayer::with_secret), switch at Klikit, then
+//! deploy without the old one. Both are tried on every delivery (constant
+//! time, whichever matches); [`KlikitEvent::secret_index`] tells which one did.
+//!
+//! # Security model
+//!
+//! - The HMAC covers the raw body only; the body is verified before anything
+//!   parses it, and the handler reads exactly the verified bytes.
+//! - Signatures are compared in constant time over all 32 bytes, for every
+//!   configured secret. The secret redacts itself in `Debug`, is zeroed on
+//!   drop, and is never logged; nor are signatures or bodies. The layer marks
+//!   `x-klikit-signature` sensitive for the layers inside it.
+//! - The event id and type headers are not signed and there is no
+//!   timestamp, so a captured delivery verifies for ever. Deduplication on the
+//!   id stops a replay under the same id within the retention window;
+//!   [`with_signature_dedup`](KlikitWebhookLayer::with_signature_dedup) also
+//!   stops the same body under a new id. Beyond the retention window only
+//!   idempotent handlers (order id plus `updated_at`) protect you.
+//! - Bodies are bounded in size and time; oversized bodies are drained (up to
+//!   8 MiB) so the sender reads the 413 instead of a connection reset.
+//!
 //! # Features
 //!
 //! | feature | default | enables |
 //! |---|---|---|
-//! | `axum` | yes | the [`KlikitEvent`] and [`KlikitPayload`] extractors |
+//! | `axum` | yes | the `KlikitEvent` and `KlikitPayload` extractors |
 //! | `sqlite` | no | `SqliteStore`: an embedded, persistent dedup store (bundled SQLite, via sqlx) |
 //! | `redis` | no | `RedisStore`: a dedup store shared by every instance, in Redis |
 //! | `postgres` | no | `PostgresStore`: a dedup store shared by every instance, in a Postgres table (sqlx) |
 //! | `test-util` | no | [`testing::conformance`](crate::testing), the test suite for dedup stores |
 //! | `nats` | no | [durable hand-off](handoff) to NATS JetStream: publish before answering 2xx, process from a worker |
+//! | `metrics` | no | per-outcome counters and a latency histogram through the `metrics` facade ([`metrics`]) |
+//! | `tonic` | no | [`ResponseBody`] for `tonic::body::Body`, to stack the layer in a tonic server |
+//! | `receiver` | no | the reference receiver (`receiver` module, `cargo run --example receiver`), SQLite store, `GET /metrics` |
+//! | `cli` | no | the `klikit` binary: `sign`, `send`, `serve` |
+//! | `full` | no | all of the above |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod error;

@@ -291,7 +291,19 @@ pub async fn serve(listener: tokio::net::TcpListener, layer: KlikitWebhookLayer)
 /// is left out and a warning logged.
 fn metrics_route() -> Router {
     match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
-        Ok(handle) => Router::new().route("/metrics", get(move || std::future::ready(handle.render()))),
+        Ok(handle) => {
+            // Histogram samples queue up until upkeep folds them in; without
+            // it they would grow with every delivery between scrapes.
+            let upkeep = handle.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    every.tick().await;
+                    upkeep.run_upkeep();
+                }
+            });
+            Router::new().route("/metrics", get(move || std::future::ready(handle.render())))
+        }
         Err(error) => {
             tracing::warn!(%error, "metrics recorder not installed; /metrics is not served");
             Router::new()

@@ -104,6 +104,24 @@ impl DeliveryOutcome {
     }
 }
 
+impl DeliveryOutcome {
+    /// A dense index, the order of the variants above (for metric key tables).
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Self::Processed => 0,
+            Self::HandlerFailed => 1,
+            Self::Duplicate => 2,
+            Self::InFlight => 3,
+            Self::InvalidSignature => 4,
+            Self::BadRequest => 5,
+            Self::PayloadTooLarge => 6,
+            Self::BodyTimeout => 7,
+            Self::StoreUnavailable => 8,
+        }
+    }
+}
+
 impl fmt::Display for DeliveryOutcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

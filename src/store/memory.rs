@@ -1,7 +1,7 @@
 //! An in-process [`DedupStore`].
 
 use std::{
-    collections::{HashMap, VecDeque, hash_map::RandomState},
+    collections::{HashMap, VecDeque},
     fmt,
     hash::BuildHasher,
     sync::{
@@ -12,6 +12,10 @@ use std::{
 };
 
 use async_trait::async_trait;
+// A fast seeded hasher instead of SipHash: ids reach the store only after
+// their signature verified, so an attacker cannot choose them to force
+// collisions, and hashing is a visible share of the store's time.
+use foldhash::fast::RandomState;
 
 use super::{Claim, DedupStore, Lease, LeaseToken, Result, StoreError};
 use crate::EventId;
@@ -56,7 +60,7 @@ pub struct MemoryStore {
 
 #[derive(Default)]
 struct Shard {
-    records: HashMap<EventId, Record>,
+    records: HashMap<EventId, Record, RandomState>,
     /// In-flight claims in the order they were made, to forget expired ones.
     leases: VecDeque<Expiry>,
     /// Completed records in the order they were completed, to forget expired
@@ -95,7 +99,7 @@ impl MemoryStore {
         let shard_capacity = capacity.div_ceil(SHARDS).max(1);
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            hasher: RandomState::new(),
+            hasher: RandomState::default(),
             capacity: shard_capacity * SHARDS,
             shard_capacity,
             epoch: Instant::now(),
@@ -218,7 +222,9 @@ impl DedupStore for MemoryStore {
         let now = self.now();
         let mut shard = self.shard(event_id);
         shard.purge(now);
-        if let Some(record) = shard.records.get(event_id)
+        let existing = shard.records.get(event_id);
+        let is_new_key = existing.is_none();
+        if let Some(record) = existing
             && record.deadline > now
         {
             return Ok(if record.done {
@@ -229,7 +235,6 @@ impl DedupStore for MemoryStore {
                 }
             });
         }
-        let is_new_key = !shard.records.contains_key(event_id);
         if is_new_key && shard.records.len() >= self.shard_capacity && !shard.evict_oldest_done() {
             return Err(StoreError::Full {
                 capacity: self.capacity,

@@ -21,7 +21,8 @@ pub const DELIVERY_DURATION_SECONDS: &str = "klikit_webhook_delivery_duration_se
 #[cfg(feature = "metrics")]
 pub(crate) type Started = std::time::Instant;
 #[cfg(not(feature = "metrics"))]
-pub(crate) type Started = ();
+#[derive(Clone, Copy)]
+pub(crate) struct Started;
 
 #[inline]
 pub(crate) fn start() -> Started {
@@ -29,6 +30,8 @@ pub(crate) fn start() -> Started {
     {
         std::time::Instant::now()
     }
+    #[cfg(not(feature = "metrics"))]
+    Started
 }
 
 #[cfg(feature = "metrics")]

@@ -58,7 +58,22 @@
 //! | feature | module | broker |
 //! |---|---|---|
 //! | `nats` | `handoff::nats` | NATS JetStream: `JetStreamHandoff` publishes, `JetStreamWorker` processes |
+//! | `outbox` | `handoff::postgres` | a Postgres outbox table: `PostgresOutbox` enqueues, `OutboxWorker` processes |
+//!
+//! The Postgres outbox needs no broker when the dedup store is already a
+//! `PostgresStore`, and goes one step further than a broker: the queued event
+//! and the dedup "done" mark commit in **one transaction**, and the worker
+//! hands your closure its own transaction, so effects written to the same
+//! database commit together with the "processed" mark and happen exactly once
+//! without an idempotency key. Workers take rows with `FOR UPDATE SKIP
+//! LOCKED`: a killed worker's rows are simply pending again, and parallel
+//! workers never share a row. `tests/handoff_postgres.rs` kills workers
+//! mid-batch and checks every event's effect exists exactly once.
 
 #[cfg(feature = "nats")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
 pub mod nats;
+
+#[cfg(feature = "outbox")]
+#[cfg_attr(docsrs, doc(cfg(feature = "outbox")))]
+pub mod postgres;

@@ -3,7 +3,7 @@
 use std::{fmt, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use sqlx::{AssertSqlSafe, PgPool};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 
 use super::{Claim, DedupStore, Lease, LeaseToken, Result, StoreError, token_bytes, ttl_millis, validate_identifier};
 use crate::{ConfigError, EventId};
@@ -110,6 +110,8 @@ struct Statements {
     cleanup: Arc<str>,
     create_table: Arc<str>,
     create_index: Arc<str>,
+    complete_event: Arc<str>,
+    is_done: Arc<str>,
 }
 
 impl Statements {
@@ -153,6 +155,14 @@ impl Statements {
             )
             .into(),
             create_index: format!(r#"CREATE INDEX IF NOT EXISTS "{table}_expires_at_idx" ON {t} (expires_at)"#).into(),
+            complete_event: format!(
+                "INSERT INTO {t} AS cur (event_id, token, done, expires_at) \
+                 VALUES ($1, $2, true, now() + $3::bigint * interval '1 millisecond') \
+                 ON CONFLICT (event_id) DO UPDATE SET done = true, \
+                 expires_at = GREATEST(cur.expires_at, excluded.expires_at)"
+            )
+            .into(),
+            is_done: format!("SELECT EXISTS (SELECT 1 FROM {t} WHERE event_id = $1 AND token = $2 AND done)").into(),
         }
     }
 }
@@ -304,6 +314,70 @@ impl PostgresStore {
                 }
             }
         })
+    }
+}
+
+impl PostgresStore {
+    /// Marks `event_id` as done, remembered for at least `retain`, **inside
+    /// the caller's transaction** `conn`.
+    ///
+    /// This is the dedup half of the outbox hand-off
+    /// ([`handoff::postgres`](crate::handoff)): called in the same
+    /// transaction as the insert of the event into a queue table, the "done"
+    /// mark and the queued event commit together or not at all.
+    ///
+    /// Unlike [`complete`](DedupStore::complete) it needs no [`Lease`] (a
+    /// handler does not see the layer's lease): it marks the event's current
+    /// record done whatever its token, keeping that token, so the layer's own
+    /// completion afterwards finds its claim already done. The statement is
+    /// an upsert:
+    ///
+    /// ```sql
+    /// INSERT INTO t AS cur (event_id, token, done, expires_at)
+    /// VALUES ($1, <random token>, true, now() + <retain>)
+    /// ON CONFLICT (event_id) DO UPDATE SET
+    ///     done = true, expires_at = GREATEST(cur.expires_at, excluded.expires_at)
+    /// ```
+    ///
+    /// - a live claim (the usual case: the layer claimed the event before the
+    ///   handler ran) becomes done, with its token;
+    /// - no record (the layer failed open, or a cleanup removed an expired
+    ///   claim) is inserted as done;
+    /// - a done record stays done, its retention only ever extended.
+    ///
+    /// The row stays locked until `conn`'s transaction ends; a concurrent
+    /// claim of the same id waits for it and then sees the outcome.
+    ///
+    /// # Errors
+    ///
+    /// Returns a [`StoreError`] if the statement fails (the caller's
+    /// transaction is then aborted; roll it back).
+    pub async fn complete_event_in(&self, conn: &mut PgConnection, event_id: &EventId, retain: Duration) -> Result<()> {
+        sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.complete_event)))
+            .bind(event_id.as_str())
+            .bind(token_bytes(LeaseToken::generate()).to_vec())
+            .bind(ttl_millis(retain))
+            .execute(conn)
+            .await
+            .map_err(StoreError::backend)?;
+        Ok(())
+    }
+
+    /// Whether the record of `lease`'s event is done **with `lease`'s
+    /// token**: the claim this lease won was completed, by
+    /// [`complete`](DedupStore::complete) or, inside a transaction, by
+    /// [`complete_event_in`](Self::complete_event_in).
+    ///
+    /// # Errors
+    ///
+    /// Returns a [`StoreError`] if the query fails.
+    pub async fn is_completed(&self, lease: &Lease) -> Result<bool> {
+        sqlx::query_scalar(AssertSqlSafe(Arc::clone(&self.sql.is_done)))
+            .bind(lease.event_id().as_str())
+            .bind(token_bytes(lease.token()).to_vec())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(StoreError::backend)
     }
 }
 

@@ -617,7 +617,7 @@ impl Drop for ClaimGuard {
 }
 
 /// Completes (after a 2xx) or releases one lease, within the store timeout.
-async fn finish(config: &Config, lease: &Lease, complete: bool) {
+async fn finish(config: &Arc<Config>, lease: &Lease, complete: bool) {
     let (store, timeout) = (&config.store, config.store_timeout);
     let result = if complete {
         with_timeout(timeout, store.complete(lease, config.retention)).await
@@ -631,13 +631,50 @@ async fn finish(config: &Config, lease: &Lease, complete: bool) {
             complete,
             "claim had expired and was taken over before it was finished; the event may be processed again"
         ),
-        (Err(error), true) => tracing::error!(
-            %error,
-            "could not record the processed event; a retry after the lease expires will be processed again"
-        ),
+        (Err(error), true) => {
+            tracing::warn!(%error, "could not record the processed event; retrying in the background");
+            retry_complete(config.clone(), lease.clone());
+        }
         (Err(error), false) => tracing::error!(
             %error,
             "could not release the claim; the retry is processed once the lease expires"
         ),
     }
+}
+
+/// Keeps trying to complete a claim whose handler succeeded, until the lease
+/// would have expired.
+///
+/// The 2xx has gone out, so Klikit will not retry; but a duplicate it sends
+/// later (or an operator's replay) must find the event done. Leaving the
+/// claim in flight would let the first delivery after the lease run the
+/// handler again. Retrying is safe: `complete` acts only while this lease's
+/// token holds the claim.
+fn retry_complete(config: Arc<Config>, lease: Lease) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let give_up = tokio::time::Instant::now() + config.lease;
+        // At once first (a connection killed under the store is usually
+        // replaced by the pool right away), then backing off.
+        let mut delay = Duration::ZERO;
+        while tokio::time::Instant::now() + delay < give_up {
+            tokio::time::sleep(delay).await;
+            match with_timeout(config.store_timeout, config.store.complete(&lease, config.retention)).await {
+                Ok(true) => {
+                    tracing::info!(event_id = %lease.event_id(), "processed event recorded on retry");
+                    return;
+                }
+                // Either an earlier attempt did land (the event is done) or
+                // the lease was lost: nothing more to do either way.
+                Ok(false) => return,
+                Err(_) => delay = (delay * 2).clamp(Duration::from_millis(25), Duration::from_secs(1)),
+            }
+        }
+        tracing::error!(
+            event_id = %lease.event_id(),
+            "could not record the processed event before its lease ended; a later duplicate will be processed again"
+        );
+    });
 }

@@ -91,8 +91,6 @@ use crate::{
     event::{EVENT_ID_HEADER, EVENT_TYPE_HEADER},
 };
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
 /// Publishes verified Klikit events to a NATS JetStream stream.
 ///
 /// Cheap to clone (one `Arc`); clone it into every handler. See the
@@ -452,57 +450,7 @@ pub async fn receive(
     }
 }
 
-/// Why processing an event failed, and whether to try again.
-///
-/// - [`retry`](Self::retry): a transient failure (database down, POS busy).
-///   The worker negatively acknowledges the message with a delay that grows
-///   with each delivery (see [`JetStreamWorker::with_retry_delay`]), until
-///   the consumer's [max deliveries](JetStreamWorker::with_max_deliver).
-/// - [`permanent`](Self::permanent): the event can never be processed (a body
-///   that does not parse, say). The worker terminates the message: it is not
-///   redelivered, and it stays in the stream until the stream's age limit
-///   for inspection or a manual replay.
-///
-/// ```
-/// use klikit_webhook::handoff::nats::ProcessError;
-///
-/// let error = ProcessError::retry(std::io::Error::other("pos unreachable"));
-/// assert!(error.is_retryable());
-/// ```
-#[derive(Debug, thiserror::Error)]
-#[error("{} processing failure: {source}", failure_kind(.retry))]
-pub struct ProcessError {
-    retry: bool,
-    #[source]
-    source: BoxError,
-}
-
-fn failure_kind(retry: &bool) -> &'static str {
-    if *retry { "transient" } else { "permanent" }
-}
-
-impl ProcessError {
-    /// A transient failure: deliver the event again later.
-    pub fn retry(error: impl Into<BoxError>) -> Self {
-        Self {
-            retry: true,
-            source: error.into(),
-        }
-    }
-
-    /// A permanent failure: do not deliver the event again.
-    pub fn permanent(error: impl Into<BoxError>) -> Self {
-        Self {
-            retry: false,
-            source: error.into(),
-        }
-    }
-
-    /// Whether the event will be delivered again.
-    pub fn is_retryable(&self) -> bool {
-        self.retry
-    }
-}
+pub use super::ProcessError;
 
 /// Processes handed-off events from a durable JetStream pull consumer.
 ///

@@ -171,8 +171,6 @@ use crate::{
     store::{Claim, DedupStore, Lease, StoreError, ttl_millis, validate_identifier},
 };
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
 /// Queues verified Klikit events in a Postgres table (the outbox).
 ///
 /// Cheap to clone (one `Arc` and a pool handle); clone it into every
@@ -649,58 +647,7 @@ pub async fn receive(
     }
 }
 
-/// Why processing an event failed, and whether to try again.
-///
-/// - [`retry`](Self::retry): a transient failure (POS busy, a lock timeout).
-///   The worker rolls back the event's savepoint and takes the event again
-///   after a delay that grows with each failure (see
-///   [`OutboxWorker::with_retry_delay`]), until
-///   [max attempts](OutboxWorker::with_max_attempts).
-/// - [`permanent`](Self::permanent): the event can never be processed (a body
-///   that does not parse, say). The worker rolls back the savepoint and sets
-///   the row's `failed_at`: it is not taken again, and it stays in the table
-///   for inspection or a manual replay (`UPDATE ... SET failed_at = NULL`).
-///
-/// ```
-/// use klikit_webhook::handoff::postgres::ProcessError;
-///
-/// let error = ProcessError::retry(std::io::Error::other("pos unreachable"));
-/// assert!(error.is_retryable());
-/// ```
-#[derive(Debug, thiserror::Error)]
-#[error("{} processing failure: {source}", failure_kind(.retry))]
-pub struct ProcessError {
-    retry: bool,
-    #[source]
-    source: BoxError,
-}
-
-fn failure_kind(retry: &bool) -> &'static str {
-    if *retry { "transient" } else { "permanent" }
-}
-
-impl ProcessError {
-    /// A transient failure: take the event again later.
-    pub fn retry(error: impl Into<BoxError>) -> Self {
-        Self {
-            retry: true,
-            source: error.into(),
-        }
-    }
-
-    /// A permanent failure: do not take the event again.
-    pub fn permanent(error: impl Into<BoxError>) -> Self {
-        Self {
-            retry: false,
-            source: error.into(),
-        }
-    }
-
-    /// Whether the event will be taken again.
-    pub fn is_retryable(&self) -> bool {
-        self.retry
-    }
-}
+pub use super::ProcessError;
 
 /// Processes queued events from the outbox table.
 ///

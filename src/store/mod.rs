@@ -160,6 +160,32 @@ pub use sqlite::SqliteStore;
 /// Longer durations are shortened to this.
 pub const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
 
+/// Runs `cleanup` every `period` (first at once) on a tokio task, logging
+/// what it deleted, and failures at `WARN`: the body of the SQL stores'
+/// `spawn_cleanup`.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) fn spawn_cleanup_loop<F, Fut>(
+    period: Duration,
+    table: std::sync::Arc<str>,
+    mut cleanup: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<u64>> + Send,
+{
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::spawn(async move {
+        loop {
+            interval.tick().await;
+            match cleanup().await {
+                Ok(deleted) => tracing::debug!(deleted, table = %table, "dedup cleanup"),
+                Err(error) => tracing::warn!(%error, table = %table, "dedup cleanup failed"),
+            }
+        }
+    })
+}
+
 /// `duration` in whole milliseconds, clamped to `1..=MAX_TTL`.
 #[cfg_attr(
     not(any(feature = "redis", feature = "postgres", feature = "sqlite")),

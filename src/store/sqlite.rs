@@ -290,16 +290,9 @@ impl SqliteStore {
     /// If called outside a tokio runtime, or if `period` is zero.
     pub fn spawn_cleanup(&self, period: Duration) -> tokio::task::JoinHandle<()> {
         let store = self.clone();
-        let mut interval = tokio::time::interval(period);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tokio::spawn(async move {
-            loop {
-                interval.tick().await;
-                match store.cleanup().await {
-                    Ok(deleted) => tracing::debug!(deleted, table = %store.table, "dedup cleanup"),
-                    Err(error) => tracing::warn!(%error, table = %store.table, "dedup cleanup failed"),
-                }
-            }
+        super::spawn_cleanup_loop(period, Arc::clone(&self.table), move || {
+            let store = store.clone();
+            async move { store.cleanup().await }
         })
     }
 }

@@ -133,3 +133,26 @@ impl ProcessError {
         self.retry
     }
 }
+
+/// The answer of the hand-off handlers: `200 {"status":"received"}` once the
+/// event is durably handed off, otherwise 503 with `Retry-After: 5` so that
+/// the layer releases the claim and Klikit retries.
+#[cfg(all(feature = "axum", any(feature = "nats", feature = "outbox")))]
+pub(crate) fn answer<T, E: std::fmt::Display>(handed_off: Result<T, E>) -> axum::response::Response {
+    use axum::{
+        http::{StatusCode, header},
+        response::IntoResponse,
+    };
+    match handed_off {
+        Ok(_) => ([(header::CONTENT_TYPE, "application/json")], r#"{"status":"received"}"#).into_response(),
+        Err(error) => {
+            tracing::error!(%error, "klikit event hand-off failed; answering 503 so Klikit retries");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "5"), (header::CONTENT_TYPE, "application/json")],
+                r#"{"error":"event hand-off unavailable"}"#,
+            )
+                .into_response()
+        }
+    }
+}

@@ -411,14 +411,7 @@ pub enum HandoffError {
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 impl axum::response::IntoResponse for HandoffError {
     fn into_response(self) -> axum::response::Response {
-        use axum::http::{StatusCode, header};
-        tracing::error!(error = %self, "klikit event hand-off failed; answering 503 so Klikit retries");
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, "5"), (header::CONTENT_TYPE, "application/json")],
-            r#"{"error":"event hand-off unavailable"}"#,
-        )
-            .into_response()
+        super::answer::<(), _>(Err(self))
     }
 }
 
@@ -439,15 +432,7 @@ pub async fn receive(
     axum::extract::State(handoff): axum::extract::State<JetStreamHandoff>,
     event: KlikitEvent,
 ) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    match handoff.publish(&event).await {
-        Ok(()) => (
-            [(axum::http::header::CONTENT_TYPE, "application/json")],
-            r#"{"status":"received"}"#,
-        )
-            .into_response(),
-        Err(error) => error.into_response(),
-    }
+    super::answer(handoff.publish(&event).await)
 }
 
 pub use super::ProcessError;

@@ -608,14 +608,7 @@ pub enum OutboxError {
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 impl axum::response::IntoResponse for OutboxError {
     fn into_response(self) -> axum::response::Response {
-        use axum::http::{StatusCode, header};
-        tracing::error!(error = %self, "klikit event hand-off failed; answering 503 so Klikit retries");
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, "5"), (header::CONTENT_TYPE, "application/json")],
-            r#"{"error":"event hand-off unavailable"}"#,
-        )
-            .into_response()
+        super::answer::<(), _>(Err(self))
     }
 }
 
@@ -636,15 +629,7 @@ pub async fn receive(
     axum::extract::State(outbox): axum::extract::State<PostgresOutbox>,
     event: KlikitEvent,
 ) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    match outbox.enqueue(&event).await {
-        Ok(_) => (
-            [(axum::http::header::CONTENT_TYPE, "application/json")],
-            r#"{"status":"received"}"#,
-        )
-            .into_response(),
-        Err(error) => error.into_response(),
-    }
+    super::answer(outbox.enqueue(&event).await)
 }
 
 pub use super::ProcessError;

@@ -7,13 +7,6 @@ use serde::de::DeserializeOwned;
 
 use crate::payload::OrderEnvelope;
 
-/// Header that carries `hex(HMAC-SHA256(secret, raw body))`.
-pub const SIGNATURE_HEADER: &str = "x-klikit-signature";
-/// Header that carries the event id Klikit reuses on retries.
-pub const EVENT_ID_HEADER: &str = "x-klikit-event-id";
-/// Header that names the event type.
-pub const EVENT_TYPE_HEADER: &str = "x-klikit-event-type";
-
 /// The longest event id the layer accepts, in bytes.
 pub const MAX_EVENT_ID_LEN: usize = 256;
 
@@ -53,6 +46,9 @@ pub enum InvalidEventId {
     /// [`with_signature_dedup`](crate::KlikitWebhookLayer::with_signature_dedup) is on).
     #[error("event id starts with the reserved prefix `sig:`")]
     ReservedPrefix,
+    /// The id header appears more than once, so the id is ambiguous.
+    #[error("event id header appears more than once")]
+    Ambiguous,
 }
 
 impl EventId {

@@ -4,7 +4,13 @@ use std::{fmt, sync::Arc, time::Duration};
 
 use tower_layer::Layer;
 
-use crate::{KlikitWebhookService, MemoryStore, WebhookSecret, signature::Verifier, store::DedupStore};
+use crate::{
+    KlikitWebhookService, MemoryStore, WebhookSecret,
+    scheme::{Klikit, Scheme, Schemes},
+    secrets::SecretSource,
+    signature::Verifier,
+    store::DedupStore,
+};
 
 /// What the layer does when the dedup store fails or times out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -73,7 +79,8 @@ pub struct KlikitWebhookLayer {
 
 #[derive(Clone)]
 pub(crate) struct Config {
-    pub(crate) verifier: Verifier,
+    pub(crate) schemes: Schemes,
+    pub(crate) secrets: SecretSource,
     pub(crate) store: Arc<dyn DedupStore>,
     pub(crate) body_limit: usize,
     pub(crate) body_timeout: Duration,
@@ -108,7 +115,8 @@ impl KlikitWebhookLayer {
     pub fn new(secret: WebhookSecret) -> Self {
         Self {
             config: Arc::new(Config {
-                verifier: Verifier::new(secret),
+                schemes: Schemes::one(Arc::new(Klikit::new())),
+                secrets: SecretSource::Fixed(Arc::new(Verifier::new(secret))),
                 store: Arc::new(MemoryStore::new()),
                 body_limit: Self::DEFAULT_BODY_LIMIT,
                 body_timeout: Self::DEFAULT_BODY_TIMEOUT,
@@ -134,7 +142,25 @@ impl KlikitWebhookLayer {
     /// tells which one did.
     pub fn with_secret(mut self, secret: WebhookSecret) -> Self {
         let config = self.config_mut();
-        config.verifier = config.verifier.clone().with_secret(secret);
+        config.secrets = config.secrets.clone().with_secret(secret);
+        self
+    }
+
+    /// Verifies deliveries under `scheme` instead of today's Klikit contract
+    /// ([`Klikit`], the default). See the [`scheme`](crate::scheme) module.
+    pub fn with_scheme(mut self, scheme: impl Scheme) -> Self {
+        self.config_mut().schemes = Schemes::one(Arc::new(scheme));
+        self
+    }
+
+    /// Also accepts deliveries signed under `scheme`, for a migration window
+    /// in which a sender may use either contract on one route.
+    ///
+    /// Each delivery is read by the first configured scheme that recognizes
+    /// its signature header; one that no scheme recognizes is refused with
+    /// the first scheme's "missing header" answer.
+    pub fn with_extra_scheme(mut self, scheme: impl Scheme) -> Self {
+        self.config_mut().schemes.push(Arc::new(scheme));
         self
     }
 
@@ -226,7 +252,8 @@ impl fmt::Debug for KlikitWebhookLayer {
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KlikitWebhookLayer")
-            .field("secrets", &self.verifier.secret_count())
+            .field("schemes", &self.schemes.names())
+            .field("secrets", &self.secrets.describe())
             .field("store", &self.store)
             .field("body_limit", &self.body_limit)
             .field("body_timeout", &self.body_timeout)
@@ -243,9 +270,6 @@ impl<S> Layer<S> for KlikitWebhookLayer {
     type Service = KlikitWebhookService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        KlikitWebhookService {
-            inner,
-            config: self.config.clone(),
-        }
+        KlikitWebhookService::new(inner, self)
     }
 }

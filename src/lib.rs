@@ -149,7 +149,7 @@
 //! | `nats` | no | [durable hand-off](handoff) to NATS JetStream: publish before answering 2xx, process from a worker |
 //! | `outbox` | no | [durable hand-off](handoff) through a Postgres outbox table, queued in the dedup transaction (implies `postgres`) |
 //! | `metrics` | no | per-outcome counters and a latency histogram through the `metrics` facade ([`metrics`]) |
-//! | `tonic` | no | [`ResponseBody`] for `tonic::body::Body`, to stack the layer in a tonic server |
+//! | `tonic` | no | [`FromJson`] for `tonic::body::Body`, to stack the layer in a tonic server |
 //! | `receiver` | no | the reference receiver (`receiver` module, `cargo run --example receiver`), SQLite store, `GET /metrics` |
 //! | `cli` | no | the `klikit` binary: `sign`, `send`, `serve` |
 //! | `full` | no | all of the above |
@@ -166,27 +166,29 @@ mod extract;
 pub mod handoff;
 mod layer;
 pub mod metrics;
+mod outcome;
 pub mod payload;
 #[cfg(feature = "receiver")]
 #[cfg_attr(docsrs, doc(cfg(feature = "receiver")))]
 pub mod receiver;
 mod rejection;
+pub mod scheme;
 mod secret;
+mod secrets;
 mod service;
 pub mod signature;
 pub mod store;
 pub mod testing;
 
 pub use error::ConfigError;
-pub use event::{
-    EVENT_ID_HEADER, EVENT_TYPE_HEADER, EventId, EventType, InvalidEventId, KlikitEvent, MAX_EVENT_ID_LEN,
-    SIGNATURE_HEADER,
-};
+pub use event::{EventId, EventType, InvalidEventId, KlikitEvent, MAX_EVENT_ID_LEN};
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use extract::{KlikitPayload, MissingWebhookLayer, PayloadRejection};
 pub use layer::{KlikitWebhookLayer, StoreFailurePolicy};
-pub use rejection::{DeliveryOutcome, Rejection, RejectionKind, ResponseBody};
+pub use outcome::DeliveryOutcome;
+pub use rejection::{FromJson, Rejection, RejectionKind};
+pub use scheme::klikit::{EVENT_ID_HEADER, EVENT_TYPE_HEADER, SIGNATURE_HEADER};
 pub use secret::{RECOMMENDED_MIN_SECRET_LEN, SECRET_ENV_VAR, WebhookSecret};
 pub use service::{KlikitWebhookService, ResponseFuture};
 #[cfg(feature = "postgres")]

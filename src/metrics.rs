@@ -5,9 +5,8 @@
 //! - histogram `klikit_webhook_delivery_duration_seconds{outcome}`, from the
 //!   request reaching the layer to the answer (handler included).
 //!
-//! `outcome` is [`DeliveryOutcome::as_str`]: `processed`, `handler_failed`,
-//! `duplicate`, `in_flight`, `invalid_signature`, `bad_request`,
-//! `payload_too_large`, `body_timeout`, `store_unavailable`. Install any
+//! `outcome` is [`DeliveryOutcome::as_str`], one label per
+//! [`DeliveryOutcome::ALL`]. Install any
 //! `metrics` recorder (for Prometheus, `metrics-exporter-prometheus`) to
 //! collect them; without one they cost next to nothing.
 
@@ -35,52 +34,8 @@ pub(crate) fn start() -> Started {
 }
 
 #[cfg(feature = "metrics")]
-mod keys {
-    use metrics::{Key, Label, Level, Metadata};
-
-    use super::{DELIVERIES_TOTAL, DELIVERY_DURATION_SECONDS};
-
-    macro_rules! outcome_labels {
-        ($($name:literal),* $(,)?) => {
-            [$([Label::from_static_parts("outcome", $name)]),*]
-        };
-    }
-
-    /// One label set per outcome, in [`crate::DeliveryOutcome::index`] order.
-    static LABELS: [[Label; 1]; 9] = outcome_labels!(
-        "processed",
-        "handler_failed",
-        "duplicate",
-        "in_flight",
-        "invalid_signature",
-        "bad_request",
-        "payload_too_large",
-        "body_timeout",
-        "store_unavailable",
-    );
-
-    macro_rules! keys {
-        ($name:expr) => {
-            [
-                Key::from_static_parts($name, &LABELS[0]),
-                Key::from_static_parts($name, &LABELS[1]),
-                Key::from_static_parts($name, &LABELS[2]),
-                Key::from_static_parts($name, &LABELS[3]),
-                Key::from_static_parts($name, &LABELS[4]),
-                Key::from_static_parts($name, &LABELS[5]),
-                Key::from_static_parts($name, &LABELS[6]),
-                Key::from_static_parts($name, &LABELS[7]),
-                Key::from_static_parts($name, &LABELS[8]),
-            ]
-        };
-    }
-
-    // Static keys: no allocation per delivery, and each key's hash is
-    // computed once (the `counter!` macro builds a fresh key every call).
-    pub(super) static COUNTERS: [Key; 9] = keys!(DELIVERIES_TOTAL);
-    pub(super) static HISTOGRAMS: [Key; 9] = keys!(DELIVERY_DURATION_SECONDS);
-    pub(super) static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
-}
+static METADATA: metrics::Metadata<'static> =
+    metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
 
 #[inline]
 pub(crate) fn record(outcome: DeliveryOutcome, started: Started) {
@@ -90,10 +45,10 @@ pub(crate) fn record(outcome: DeliveryOutcome, started: Started) {
         let elapsed = started.elapsed();
         metrics::with_recorder(|recorder| {
             recorder
-                .register_counter(&keys::COUNTERS[index], &keys::METADATA)
+                .register_counter(&crate::outcome::metric_keys::COUNTERS[index], &METADATA)
                 .increment(1);
             recorder
-                .register_histogram(&keys::HISTOGRAMS[index], &keys::METADATA)
+                .register_histogram(&crate::outcome::metric_keys::HISTOGRAMS[index], &METADATA)
                 .record(elapsed);
         });
     }

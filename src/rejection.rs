@@ -1,19 +1,20 @@
 //! The answers the layer gives without calling the handler.
 
-use std::{fmt, time::Duration};
+use std::{borrow::Cow, fmt, time::Duration};
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
-use crate::{InvalidEventId, signature::SignatureError};
+use crate::{DeliveryOutcome, InvalidEventId, signature::SignatureError};
 
 /// Why the layer refused a delivery. It is also inserted into the response's
 /// extensions, so outer layers (logging, metrics) can tell rejections apart.
 ///
 /// | kind | status | body |
 /// |---|---|---|
-/// | missing or empty header | 400 | `{"error":"missing header x-klikit-…"}` |
-/// | header repeated or not visible ASCII, bad event id | 400 | `{"error":"invalid header x-klikit-…"}` |
+/// | missing or empty header | 400 | `{"error":"missing header <name>"}` |
+/// | header repeated or not visible ASCII | 400 | `{"error":"invalid header <name>"}` |
+/// | event id empty, too long, not visible ASCII or repeated | 400 | `{"error":"invalid header <name>: 1 to 256 visible ASCII characters expected"}` |
 /// | body larger than the limit | 413 | `{"error":"body exceeds the size limit"}` |
 /// | body not received within the read timeout | 408 | `{"error":"body not received in time"}` |
 /// | body stream failed | 400 | `{"error":"could not read the body"}` |
@@ -23,6 +24,10 @@ use crate::{InvalidEventId, signature::SignatureError};
 ///
 /// Duplicates are not rejections: they get `200 {"status":"duplicate-ignored"}`
 /// so that Klikit stops retrying.
+///
+/// With the `axum` feature it implements `IntoResponse`; for other stacks,
+/// `Response::<B>::from(rejection)` builds the same answer in any body type
+/// that implements [`FromJson`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
     kind: RejectionKind,
@@ -36,8 +41,14 @@ pub enum RejectionKind {
     MissingHeader(&'static str),
     /// A header is repeated or not visible ASCII.
     InvalidHeader(&'static str),
-    /// `x-klikit-event-id` is too long or holds invalid characters.
-    InvalidEventId(InvalidEventId),
+    /// The event id header is empty, too long, repeated or holds invalid
+    /// characters.
+    InvalidEventId {
+        /// The header's name.
+        header: &'static str,
+        /// What is wrong with the id.
+        error: InvalidEventId,
+    },
     /// The body is larger than the configured limit.
     PayloadTooLarge {
         /// The configured limit in bytes.
@@ -58,76 +69,6 @@ pub enum RejectionKind {
     StoreUnavailable,
 }
 
-/// How a delivery ended, as recorded in metrics and in the extensions of
-/// every answer the layer makes itself.
-///
-/// For answers from your handler the layer derives it from the status (2xx:
-/// [`Processed`](Self::Processed), otherwise [`HandlerFailed`](Self::HandlerFailed)).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum DeliveryOutcome {
-    /// The handler answered 2xx; the event is recorded as processed.
-    Processed,
-    /// The handler answered non-2xx, returned an error or panicked; the claim
-    /// was released for Klikit's retry.
-    HandlerFailed,
-    /// The event was already processed: `200 {"status":"duplicate-ignored"}`.
-    Duplicate,
-    /// Another delivery of the event holds the claim: 409.
-    InFlight,
-    /// The signature was malformed or wrong: 401.
-    InvalidSignature,
-    /// A Klikit header was missing or invalid, or the body stream failed: 400.
-    BadRequest,
-    /// The body was over the limit: 413.
-    PayloadTooLarge,
-    /// The body did not arrive in time: 408.
-    BodyTimeout,
-    /// The dedup store failed or timed out: 503.
-    StoreUnavailable,
-}
-
-impl DeliveryOutcome {
-    /// A short `snake_case` name, used as the `outcome` label of metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Processed => "processed",
-            Self::HandlerFailed => "handler_failed",
-            Self::Duplicate => "duplicate",
-            Self::InFlight => "in_flight",
-            Self::InvalidSignature => "invalid_signature",
-            Self::BadRequest => "bad_request",
-            Self::PayloadTooLarge => "payload_too_large",
-            Self::BodyTimeout => "body_timeout",
-            Self::StoreUnavailable => "store_unavailable",
-        }
-    }
-}
-
-impl DeliveryOutcome {
-    /// A dense index, the order of the variants above (for metric key tables).
-    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-    pub(crate) fn index(self) -> usize {
-        match self {
-            Self::Processed => 0,
-            Self::HandlerFailed => 1,
-            Self::Duplicate => 2,
-            Self::InFlight => 3,
-            Self::InvalidSignature => 4,
-            Self::BadRequest => 5,
-            Self::PayloadTooLarge => 6,
-            Self::BodyTimeout => 7,
-            Self::StoreUnavailable => 8,
-        }
-    }
-}
-
-impl fmt::Display for DeliveryOutcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// `Retry-After` sent with 503 answers.
 pub(crate) const STORE_RETRY_AFTER: Duration = Duration::from_secs(5);
 
@@ -146,7 +87,7 @@ impl Rejection {
         match self.kind {
             RejectionKind::MissingHeader(_)
             | RejectionKind::InvalidHeader(_)
-            | RejectionKind::InvalidEventId(_)
+            | RejectionKind::InvalidEventId { .. }
             | RejectionKind::BodyRead => StatusCode::BAD_REQUEST,
             RejectionKind::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             RejectionKind::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -157,20 +98,17 @@ impl Rejection {
     }
 
     /// The JSON body the layer answers with.
-    pub fn body(&self) -> &'static str {
-        use crate::event::{EVENT_ID_HEADER as ID, EVENT_TYPE_HEADER as TYPE, SIGNATURE_HEADER as SIG};
-        match &self.kind {
-            RejectionKind::MissingHeader(SIG) => r#"{"error":"missing header x-klikit-signature"}"#,
-            RejectionKind::MissingHeader(ID) => r#"{"error":"missing header x-klikit-event-id"}"#,
-            RejectionKind::MissingHeader(TYPE) => r#"{"error":"missing header x-klikit-event-type"}"#,
-            RejectionKind::MissingHeader(_) => r#"{"error":"missing klikit headers"}"#,
-            RejectionKind::InvalidHeader(SIG) => r#"{"error":"invalid header x-klikit-signature"}"#,
-            RejectionKind::InvalidHeader(TYPE) => r#"{"error":"invalid header x-klikit-event-type"}"#,
-            RejectionKind::InvalidEventId(InvalidEventId::ReservedPrefix) => {
-                r#"{"error":"invalid header x-klikit-event-id: the prefix sig: is reserved"}"#
-            }
-            RejectionKind::InvalidHeader(_) | RejectionKind::InvalidEventId(_) => {
-                r#"{"error":"invalid header x-klikit-event-id: 1 to 256 visible ASCII characters expected"}"#
+    pub fn body(&self) -> Cow<'static, str> {
+        let text = match &self.kind {
+            RejectionKind::MissingHeader(name) => return format!(r#"{{"error":"missing header {name}"}}"#).into(),
+            RejectionKind::InvalidHeader(name) => return format!(r#"{{"error":"invalid header {name}"}}"#).into(),
+            RejectionKind::InvalidEventId {
+                header,
+                error: InvalidEventId::ReservedPrefix,
+            } => return format!(r#"{{"error":"invalid header {header}: the prefix sig: is reserved"}}"#).into(),
+            RejectionKind::InvalidEventId { header, .. } => {
+                return format!(r#"{{"error":"invalid header {header}: 1 to 256 visible ASCII characters expected"}}"#)
+                    .into();
             }
             RejectionKind::PayloadTooLarge { .. } => r#"{"error":"body exceeds the size limit"}"#,
             RejectionKind::BodyTimeout => r#"{"error":"body not received in time"}"#,
@@ -178,7 +116,8 @@ impl Rejection {
             RejectionKind::InvalidSignature(_) => r#"{"error":"invalid signature"}"#,
             RejectionKind::InFlight { .. } => r#"{"error":"event is being processed"}"#,
             RejectionKind::StoreUnavailable => r#"{"error":"dedup store unavailable"}"#,
-        }
+        };
+        Cow::Borrowed(text)
     }
 
     /// The outcome this rejection stands for.
@@ -186,7 +125,7 @@ impl Rejection {
         match self.kind {
             RejectionKind::MissingHeader(_)
             | RejectionKind::InvalidHeader(_)
-            | RejectionKind::InvalidEventId(_)
+            | RejectionKind::InvalidEventId { .. }
             | RejectionKind::BodyRead => DeliveryOutcome::BadRequest,
             RejectionKind::PayloadTooLarge { .. } => DeliveryOutcome::PayloadTooLarge,
             RejectionKind::BodyTimeout => DeliveryOutcome::BodyTimeout,
@@ -204,10 +143,15 @@ impl Rejection {
         }
     }
 
-    /// Builds the response: status, JSON body, `Retry-After` where it
-    /// applies, and the rejection and its [`DeliveryOutcome`] in the extensions.
-    pub fn into_response<B: ResponseBody>(self) -> Response<B> {
-        let mut response = json_response(self.status(), self.body());
+    /// Builds the response in any body type: status, JSON body,
+    /// `Retry-After` where it applies, and the rejection itself in the
+    /// extensions.
+    fn into_http_response<B: FromJson>(self) -> Response<B> {
+        let body = match self.body() {
+            Cow::Borrowed(text) => Bytes::from_static(text.as_bytes()),
+            Cow::Owned(text) => Bytes::from(text),
+        };
+        let mut response = json_response(self.status(), body);
         if let Some(after) = self.retry_after() {
             // Whole seconds, rounded up, at least one.
             let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
@@ -215,9 +159,21 @@ impl Rejection {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
-        response.extensions_mut().insert(self.outcome());
         response.extensions_mut().insert(self);
         response
+    }
+}
+
+impl<B: FromJson> From<Rejection> for Response<B> {
+    fn from(rejection: Rejection) -> Self {
+        rejection.into_http_response()
+    }
+}
+
+#[cfg(feature = "axum")]
+impl axum::response::IntoResponse for Rejection {
+    fn into_response(self) -> axum::response::Response {
+        self.into_http_response()
     }
 }
 
@@ -226,7 +182,7 @@ impl fmt::Display for Rejection {
         match &self.kind {
             RejectionKind::MissingHeader(name) => write!(f, "missing header {name}"),
             RejectionKind::InvalidHeader(name) => write!(f, "invalid header {name}"),
-            RejectionKind::InvalidEventId(e) => write!(f, "invalid event id: {e}"),
+            RejectionKind::InvalidEventId { header, error } => write!(f, "invalid {header}: {error}"),
             RejectionKind::PayloadTooLarge { limit } => write!(f, "body exceeds the limit of {limit} bytes"),
             RejectionKind::BodyTimeout => f.write_str("body not received within the read timeout"),
             RejectionKind::BodyRead => f.write_str("could not read the body"),
@@ -242,8 +198,8 @@ impl std::error::Error for Rejection {}
 /// The answer to a delivery whose event was already processed.
 pub(crate) const DUPLICATE_BODY: &str = r#"{"status":"duplicate-ignored"}"#;
 
-pub(crate) fn json_response<B: ResponseBody>(status: StatusCode, body: &'static str) -> Response<B> {
-    let mut response = Response::new(B::from_static_json(body));
+pub(crate) fn json_response<B: FromJson>(status: StatusCode, body: Bytes) -> Response<B> {
+    let mut response = Response::new(B::from_json(body));
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -251,56 +207,56 @@ pub(crate) fn json_response<B: ResponseBody>(status: StatusCode, body: &'static 
     response
 }
 
-/// A response body type the layer can write its own JSON answers into.
+/// A response body type that can be built from JSON bytes: what the layer
+/// needs to answer a delivery itself (a rejection, a duplicate) in the same
+/// body type as the inner service.
 ///
 /// Implemented for the body types of axum, hyper (`Full<Bytes>`, boxed
 /// bodies), `String` and, with the `tonic` feature, tonic. Implement it for
 /// your own body type to use the layer in a stack that answers with it.
-pub trait ResponseBody: Sized {
+pub trait FromJson: Sized {
     /// A body that holds `json`.
-    fn from_static_json(json: &'static str) -> Self;
+    fn from_json(json: Bytes) -> Self;
 }
 
-impl ResponseBody for http_body_util::Full<Bytes> {
-    fn from_static_json(json: &'static str) -> Self {
-        Self::new(Bytes::from_static(json.as_bytes()))
+impl FromJson for http_body_util::Full<Bytes> {
+    fn from_json(json: Bytes) -> Self {
+        Self::new(json)
     }
 }
 
-impl ResponseBody for String {
-    fn from_static_json(json: &'static str) -> Self {
-        json.to_owned()
+impl FromJson for String {
+    fn from_json(json: Bytes) -> Self {
+        String::from_utf8_lossy(&json).into_owned()
     }
 }
 
-impl<E: 'static> ResponseBody for http_body_util::combinators::UnsyncBoxBody<Bytes, E> {
-    fn from_static_json(json: &'static str) -> Self {
+impl<E: 'static> FromJson for http_body_util::combinators::UnsyncBoxBody<Bytes, E> {
+    fn from_json(json: Bytes) -> Self {
         use http_body_util::BodyExt;
-        http_body_util::Full::<Bytes>::from_static_json(json)
+        http_body_util::Full::new(json)
             .map_err(|never| match never {})
             .boxed_unsync()
     }
 }
 
-impl<E: 'static> ResponseBody for http_body_util::combinators::BoxBody<Bytes, E> {
-    fn from_static_json(json: &'static str) -> Self {
+impl<E: 'static> FromJson for http_body_util::combinators::BoxBody<Bytes, E> {
+    fn from_json(json: Bytes) -> Self {
         use http_body_util::BodyExt;
-        http_body_util::Full::<Bytes>::from_static_json(json)
-            .map_err(|never| match never {})
-            .boxed()
+        http_body_util::Full::new(json).map_err(|never| match never {}).boxed()
     }
 }
 
 #[cfg(feature = "axum")]
-impl ResponseBody for axum::body::Body {
-    fn from_static_json(json: &'static str) -> Self {
+impl FromJson for axum::body::Body {
+    fn from_json(json: Bytes) -> Self {
         Self::from(json)
     }
 }
 
 #[cfg(feature = "tonic")]
-impl ResponseBody for tonic::body::Body {
-    fn from_static_json(json: &'static str) -> Self {
-        Self::new(http_body_util::Full::<Bytes>::from_static_json(json))
+impl FromJson for tonic::body::Body {
+    fn from_json(json: Bytes) -> Self {
+        Self::new(http_body_util::Full::new(json))
     }
 }

@@ -22,7 +22,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
 
-use crate::WebhookSecret;
+use crate::{WebhookSecret, scheme::Signatures};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -159,11 +159,28 @@ impl VerifyState {
     ///
     /// [`SignatureError::Mismatch`] if no secret matched.
     pub fn finish(self, expected: &[u8; 32]) -> Result<usize, SignatureError> {
+        self.finish_any(&Signatures::one(*expected))
+    }
+
+    /// Compares the finished HMACs with every candidate signature: the
+    /// delivery verifies if any candidate matches any secret.
+    ///
+    /// Every candidate is compared in full with every secret's HMAC,
+    /// whatever the outcome, so the time taken reveals neither which secret
+    /// nor which candidate matched.
+    ///
+    /// # Errors
+    ///
+    /// [`SignatureError::Mismatch`] if nothing matched.
+    pub fn finish_any(self, candidates: &Signatures) -> Result<usize, SignatureError> {
         let mut matched = Choice::from(0);
         let mut index = 0u64;
         for (i, mac) in self.macs.into_iter().enumerate() {
             let tag = mac.finalize().into_bytes();
-            let equal = tag.as_slice().ct_eq(expected.as_slice());
+            let mut equal = Choice::from(0);
+            for candidate in candidates.as_slice() {
+                equal |= tag.as_slice().ct_eq(candidate.as_slice());
+            }
             // Remember the first matching index without branching on secrets.
             let take = equal & !matched;
             index.conditional_assign(&(i as u64), take);

@@ -12,10 +12,7 @@
 use bytes::Bytes;
 use http::{Request, header};
 
-use crate::{
-    event::{EVENT_ID_HEADER, EVENT_TYPE_HEADER, SIGNATURE_HEADER},
-    signature::sign,
-};
+use crate::{EVENT_ID_HEADER, EVENT_TYPE_HEADER, SIGNATURE_HEADER, signature::sign};
 
 /// Realistic bodies for the three documented event types, written to match
 /// Klikit's published examples (see `fixtures/` in the repository).

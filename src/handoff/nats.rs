@@ -86,10 +86,7 @@ use async_nats::{
 use futures_util::StreamExt;
 use tracing::Instrument;
 
-use crate::{
-    EventId, EventType, KlikitEvent, KlikitWebhookLayer,
-    event::{EVENT_ID_HEADER, EVENT_TYPE_HEADER},
-};
+use crate::{EVENT_ID_HEADER, EVENT_TYPE_HEADER, EventId, EventType, KlikitEvent, KlikitWebhookLayer};
 
 /// Publishes verified Klikit events to a NATS JetStream stream.
 ///

@@ -1,0 +1,324 @@
+//! [`KlikitWebhookService`]: the request path, wired from one module per
+//! concept:
+//!
+//! ```text
+//! headers ──► scheme.parse ──► body (limit, timeout, drain) ──► verify ──► claim ──► inner service ──► finish claim
+//!   (scheme/)                    (body.rs)             (verify.rs)   (claim.rs)                  (claim.rs)
+//! ```
+//!
+//! Every delivery ends in one [`DeliveryOutcome`], logged once and recorded
+//! in metrics here.
+
+mod body;
+mod claim;
+mod future;
+mod verify;
+
+use std::{
+    fmt,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::Full;
+use tower_service::Service;
+use tracing::Instrument;
+
+pub use self::future::ResponseFuture;
+use self::{
+    body::IncomingBody,
+    claim::{Admission, SIGNATURE_KEY_PREFIX},
+};
+use crate::{
+    DeliveryOutcome, FromJson, InvalidEventId, KlikitEvent, KlikitWebhookLayer, Rejection, RejectionKind,
+    layer::Config,
+    rejection::{DUPLICATE_BODY, json_response},
+    scheme::{Delivery, Scheme},
+    store::StoreError,
+};
+
+/// The service made by [`KlikitWebhookLayer`]. See the layer for what it does.
+///
+/// It passes the inner service a `Request<Full<Bytes>>` that holds the
+/// verified bytes, with a [`KlikitEvent`] in the extensions, and returns the
+/// inner service's response (or its own JSON answer in the same body type).
+pub struct KlikitWebhookService<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S> KlikitWebhookService<S> {
+    /// Wraps `inner` with the configuration of `layer`.
+    pub fn new(inner: S, layer: &KlikitWebhookLayer) -> Self {
+        Self {
+            inner,
+            config: layer.config.clone(),
+        }
+    }
+
+    /// A reference to the inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// A mutable reference to the inner service.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone> Clone for KlikitWebhookService<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for KlikitWebhookService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KlikitWebhookService")
+            .field("inner", &self.inner)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for KlikitWebhookService<S>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Body + Send + 'static,
+    ReqBody::Data: Send,
+    ResBody: FromJson + Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<ResBody, S::Error>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        // The readied service goes into the future; a clone stays behind.
+        // https://docs.rs/tower/latest/tower/trait.Service.html#be-careful-when-cloning-inner-services
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture::new(handle(self.config.clone(), inner, request))
+    }
+}
+
+/// Why the layer answered a delivery itself, without the handler.
+pub(crate) enum Refusal {
+    /// Already processed: `200 {"status":"duplicate-ignored"}`.
+    Duplicate,
+    /// Refused, with the store error behind it where there is one.
+    Rejected {
+        kind: RejectionKind,
+        cause: Option<StoreError>,
+    },
+}
+
+/// How a delivery ended.
+enum Ended<B, E> {
+    Refused(Refusal),
+    Handled(Result<Response<B>, E>),
+}
+
+async fn handle<S, ReqBody, ResBody>(
+    config: Arc<Config>,
+    inner: S,
+    request: Request<ReqBody>,
+) -> Result<Response<ResBody>, S::Error>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>> + Send,
+    S::Future: Send,
+    S::Error: Send,
+    ReqBody: Body + Send,
+    ReqBody::Data: Send,
+    ResBody: FromJson,
+{
+    let started = crate::metrics::start();
+    let (parts, body) = request.into_parts();
+    let body = IncomingBody::new(body, &parts.headers, config.body_limit, config.body_timeout);
+    let scheme = config.schemes.select(&parts.headers);
+    let delivery = scheme
+        .parse(&parts.headers)
+        .and_then(|delivery| refuse_reserved_id(&config, scheme, delivery));
+    let delivery = match delivery {
+        Ok(delivery) => delivery,
+        Err(kind) => {
+            // Read (and drop) the body so the sender gets the answer, not a reset.
+            body.discard().await;
+            return conclude(Ended::Refused(Refusal::Rejected { kind, cause: None }), started);
+        }
+    };
+    let span = tracing::info_span!(
+        "klikit_webhook",
+        scheme = scheme.name(),
+        event_id = %delivery.id(),
+        event_type = %delivery.event_type(),
+    );
+    async {
+        let ended = process(&config, scheme, inner, parts, body, delivery).await;
+        conclude(ended, started)
+    }
+    .instrument(span)
+    .await
+}
+
+/// Signature dedup keys share the store with event ids; an id that looks
+/// like one is refused while signature deduplication is on.
+fn refuse_reserved_id(config: &Config, scheme: &dyn Scheme, delivery: Delivery) -> Result<Delivery, RejectionKind> {
+    if config.dedup_on_signature && delivery.id().as_str().starts_with(SIGNATURE_KEY_PREFIX) {
+        return Err(RejectionKind::InvalidEventId {
+            header: scheme.event_id_header(),
+            error: InvalidEventId::ReservedPrefix,
+        });
+    }
+    Ok(delivery)
+}
+
+async fn process<S, ReqBody, ResBody>(
+    config: &Arc<Config>,
+    scheme: &dyn Scheme,
+    mut inner: S,
+    mut parts: http::request::Parts,
+    body: IncomingBody<ReqBody>,
+    delivery: Delivery,
+) -> Ended<ResBody, S::Error>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>>,
+    ReqBody: Body,
+{
+    let rejected = |kind| Ended::Refused(Refusal::Rejected { kind, cause: None });
+    let verifier = match config.secrets.verifier_for(&delivery).await {
+        Ok(verifier) => verifier,
+        Err(kind) => {
+            body.discard().await;
+            return rejected(kind);
+        }
+    };
+    let mut state = verify::start(&verifier, &delivery);
+    let bytes = match body.read(&mut state).await {
+        Ok(bytes) => bytes,
+        Err(kind) => return rejected(kind),
+    };
+    let verified = match verify::finish(state, scheme, &delivery, &bytes) {
+        Ok(verified) => verified,
+        Err(kind) => return rejected(kind),
+    };
+    tracing::trace!(secret_index = verified.secret_index, "signature verified");
+
+    let signature = delivery
+        .signatures()
+        .ok()
+        .and_then(|list| list.as_slice().first().copied());
+    let guard = match claim::admit(config, &verified.id, signature.as_ref()).await {
+        Admission::Granted(guard) => guard,
+        Admission::Refused(refusal) => return Ended::Refused(refusal),
+    };
+
+    let (_, event_type) = delivery.into_id_and_type();
+    let event = KlikitEvent::new(verified.id, event_type, bytes.clone()).with_secret_index(verified.secret_index);
+    parts.extensions.insert(event);
+    if let Some(signature) = parts.headers.get_mut(scheme.signature_header()) {
+        signature.set_sensitive(true);
+    }
+    let result = inner.call(Request::from_parts(parts, Full::new(bytes))).await;
+    if let Some(guard) = guard {
+        // Read the status now: the response itself need not be Sync.
+        let succeeded = result.as_ref().is_ok_and(|response| response.status().is_success());
+        if succeeded {
+            guard.complete().await;
+        } else {
+            guard.release().await;
+        }
+    }
+    Ended::Handled(result)
+}
+
+/// The one place a delivery's end is logged, counted and answered.
+fn conclude<B: FromJson, E>(ended: Ended<B, E>, started: crate::metrics::Started) -> Result<Response<B>, E> {
+    let (outcome, result) = match ended {
+        Ended::Refused(Refusal::Duplicate) => {
+            log_outcome(DeliveryOutcome::Duplicate, None);
+            (
+                DeliveryOutcome::Duplicate,
+                Ok(json_response(
+                    StatusCode::OK,
+                    Bytes::from_static(DUPLICATE_BODY.as_bytes()),
+                )),
+            )
+        }
+        Ended::Refused(Refusal::Rejected { kind, cause }) => {
+            let rejection = Rejection::new(kind);
+            let outcome = rejection.outcome();
+            match &cause {
+                Some(cause) => log_outcome(outcome, Some(&format_args!("{rejection}: {cause}"))),
+                None => log_outcome(outcome, Some(&rejection)),
+            }
+            (outcome, Ok(Response::from(rejection)))
+        }
+        Ended::Handled(Ok(response)) if response.status().is_success() => {
+            log_outcome(DeliveryOutcome::Processed, None);
+            (DeliveryOutcome::Processed, Ok(response))
+        }
+        Ended::Handled(Ok(response)) => {
+            let status = response.status();
+            log_outcome(
+                DeliveryOutcome::HandlerFailed,
+                Some(&format_args!("handler answered {status}")),
+            );
+            (DeliveryOutcome::HandlerFailed, Ok(response))
+        }
+        Ended::Handled(Err(error)) => {
+            log_outcome(
+                DeliveryOutcome::HandlerFailed,
+                Some(&"the inner service returned an error"),
+            );
+            (DeliveryOutcome::HandlerFailed, Err(error))
+        }
+    };
+    crate::metrics::record(outcome, started);
+    result
+}
+
+/// Logs how a delivery ended: one line, one format (`outcome`, `reason`),
+/// at a level that says whether anyone needs to act.
+fn log_outcome(outcome: DeliveryOutcome, reason: Option<&dyn fmt::Display>) {
+    let reason = reason.map(tracing::field::display);
+    let name = outcome.as_str();
+    match outcome {
+        DeliveryOutcome::Processed => tracing::debug!(outcome = name, "klikit delivery processed"),
+        DeliveryOutcome::Duplicate => tracing::debug!(outcome = name, "klikit delivery already processed; ignored"),
+        DeliveryOutcome::InFlight => {
+            tracing::info!(
+                outcome = name,
+                reason,
+                "klikit delivery deferred: another delivery holds the event"
+            )
+        }
+        DeliveryOutcome::HandlerFailed => {
+            tracing::warn!(
+                outcome = name,
+                reason,
+                "klikit delivery failed; claim released for the retry"
+            )
+        }
+        DeliveryOutcome::StoreUnavailable => tracing::error!(outcome = name, reason, "klikit delivery rejected"),
+        _ => tracing::warn!(outcome = name, reason, "klikit delivery rejected"),
+    }
+}

@@ -12,6 +12,7 @@
 mod body;
 mod claim;
 mod future;
+mod report;
 mod verify;
 
 use std::{
@@ -21,7 +22,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use http_body::Body;
 use http_body_util::Full;
 use tower_service::Service;
@@ -33,9 +34,8 @@ use self::{
     claim::{Admission, SIGNATURE_KEY_PREFIX},
 };
 use crate::{
-    DeliveryOutcome, FromJson, InvalidEventId, KlikitEvent, KlikitWebhookLayer, Rejection, RejectionKind,
+    FromJson, InvalidEventId, KlikitEvent, KlikitWebhookLayer, RejectionKind,
     layer::Config,
-    rejection::{DUPLICATE_BODY, json_response},
     scheme::{Delivery, Scheme},
     store::StoreError,
 };
@@ -132,7 +132,7 @@ pub(crate) enum Refusal {
 }
 
 /// How a delivery ended.
-enum Ended<B, E> {
+pub(crate) enum Ended<B, E> {
     Refused(Refusal),
     Handled(Result<Response<B>, E>),
 }
@@ -162,7 +162,7 @@ where
         Err(kind) => {
             // Read (and drop) the body so the sender gets the answer, not a reset.
             body.discard().await;
-            return conclude(Ended::Refused(Refusal::Rejected { kind, cause: None }), started);
+            return report::conclude(Ended::Refused(Refusal::Rejected { kind, cause: None }), started);
         }
     };
     let span = tracing::info_span!(
@@ -173,7 +173,7 @@ where
     );
     async {
         let ended = process(&config, scheme, inner, parts, body, delivery).await;
-        conclude(ended, started)
+        report::conclude(ended, started)
     }
     .instrument(span)
     .await
@@ -248,77 +248,4 @@ where
         }
     }
     Ended::Handled(result)
-}
-
-/// The one place a delivery's end is logged, counted and answered.
-fn conclude<B: FromJson, E>(ended: Ended<B, E>, started: crate::metrics::Started) -> Result<Response<B>, E> {
-    let (outcome, result) = match ended {
-        Ended::Refused(Refusal::Duplicate) => {
-            log_outcome(DeliveryOutcome::Duplicate, None);
-            (
-                DeliveryOutcome::Duplicate,
-                Ok(json_response(
-                    StatusCode::OK,
-                    Bytes::from_static(DUPLICATE_BODY.as_bytes()),
-                )),
-            )
-        }
-        Ended::Refused(Refusal::Rejected { kind, cause }) => {
-            let rejection = Rejection::new(kind);
-            let outcome = rejection.outcome();
-            match &cause {
-                Some(cause) => log_outcome(outcome, Some(&format_args!("{rejection}: {cause}"))),
-                None => log_outcome(outcome, Some(&rejection)),
-            }
-            (outcome, Ok(Response::from(rejection)))
-        }
-        Ended::Handled(Ok(response)) if response.status().is_success() => {
-            log_outcome(DeliveryOutcome::Processed, None);
-            (DeliveryOutcome::Processed, Ok(response))
-        }
-        Ended::Handled(Ok(response)) => {
-            let status = response.status();
-            log_outcome(
-                DeliveryOutcome::HandlerFailed,
-                Some(&format_args!("handler answered {status}")),
-            );
-            (DeliveryOutcome::HandlerFailed, Ok(response))
-        }
-        Ended::Handled(Err(error)) => {
-            log_outcome(
-                DeliveryOutcome::HandlerFailed,
-                Some(&"the inner service returned an error"),
-            );
-            (DeliveryOutcome::HandlerFailed, Err(error))
-        }
-    };
-    crate::metrics::record(outcome, started);
-    result
-}
-
-/// Logs how a delivery ended: one line, one format (`outcome`, `reason`),
-/// at a level that says whether anyone needs to act.
-fn log_outcome(outcome: DeliveryOutcome, reason: Option<&dyn fmt::Display>) {
-    let reason = reason.map(tracing::field::display);
-    let name = outcome.as_str();
-    match outcome {
-        DeliveryOutcome::Processed => tracing::debug!(outcome = name, "klikit delivery processed"),
-        DeliveryOutcome::Duplicate => tracing::debug!(outcome = name, "klikit delivery already processed; ignored"),
-        DeliveryOutcome::InFlight => {
-            tracing::info!(
-                outcome = name,
-                reason,
-                "klikit delivery deferred: another delivery holds the event"
-            )
-        }
-        DeliveryOutcome::HandlerFailed => {
-            tracing::warn!(
-                outcome = name,
-                reason,
-                "klikit delivery failed; claim released for the retry"
-            )
-        }
-        DeliveryOutcome::StoreUnavailable => tracing::error!(outcome = name, reason, "klikit delivery rejected"),
-        _ => tracing::warn!(outcome = name, reason, "klikit delivery rejected"),
-    }
 }

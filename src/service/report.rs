@@ -1,0 +1,85 @@
+//! How a delivery ended: logged once, counted once, answered.
+
+use std::fmt;
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+
+use super::{Ended, Refusal};
+use crate::{
+    DeliveryOutcome, FromJson, Rejection,
+    rejection::{DUPLICATE_BODY, json_response},
+};
+
+/// The one place a delivery's end is logged, counted and answered.
+pub(super) fn conclude<B: FromJson, E>(ended: Ended<B, E>, started: crate::metrics::Started) -> Result<Response<B>, E> {
+    let (outcome, result) = match ended {
+        Ended::Refused(Refusal::Duplicate) => {
+            log_outcome(DeliveryOutcome::Duplicate, None);
+            (
+                DeliveryOutcome::Duplicate,
+                Ok(json_response(
+                    StatusCode::OK,
+                    Bytes::from_static(DUPLICATE_BODY.as_bytes()),
+                )),
+            )
+        }
+        Ended::Refused(Refusal::Rejected { kind, cause }) => {
+            let rejection = Rejection::new(kind);
+            let outcome = rejection.outcome();
+            match &cause {
+                Some(cause) => log_outcome(outcome, Some(&format_args!("{rejection}: {cause}"))),
+                None => log_outcome(outcome, Some(&rejection)),
+            }
+            (outcome, Ok(Response::from(rejection)))
+        }
+        Ended::Handled(Ok(response)) if response.status().is_success() => {
+            log_outcome(DeliveryOutcome::Processed, None);
+            (DeliveryOutcome::Processed, Ok(response))
+        }
+        Ended::Handled(Ok(response)) => {
+            let status = response.status();
+            log_outcome(
+                DeliveryOutcome::HandlerFailed,
+                Some(&format_args!("handler answered {status}")),
+            );
+            (DeliveryOutcome::HandlerFailed, Ok(response))
+        }
+        Ended::Handled(Err(error)) => {
+            log_outcome(
+                DeliveryOutcome::HandlerFailed,
+                Some(&"the inner service returned an error"),
+            );
+            (DeliveryOutcome::HandlerFailed, Err(error))
+        }
+    };
+    crate::metrics::record(outcome, started);
+    result
+}
+
+/// Logs how a delivery ended: one line, one format (`outcome`, `reason`),
+/// at a level that says whether anyone needs to act.
+fn log_outcome(outcome: DeliveryOutcome, reason: Option<&dyn fmt::Display>) {
+    let reason = reason.map(tracing::field::display);
+    let name = outcome.as_str();
+    match outcome {
+        DeliveryOutcome::Processed => tracing::debug!(outcome = name, "klikit delivery processed"),
+        DeliveryOutcome::Duplicate => tracing::debug!(outcome = name, "klikit delivery already processed; ignored"),
+        DeliveryOutcome::InFlight => {
+            tracing::info!(
+                outcome = name,
+                reason,
+                "klikit delivery deferred: another delivery holds the event"
+            )
+        }
+        DeliveryOutcome::HandlerFailed => {
+            tracing::warn!(
+                outcome = name,
+                reason,
+                "klikit delivery failed; claim released for the retry"
+            )
+        }
+        DeliveryOutcome::StoreUnavailable => tracing::error!(outcome = name, reason, "klikit delivery rejected"),
+        _ => tracing::warn!(outcome = name, reason, "klikit delivery rejected"),
+    }
+}

@@ -163,6 +163,7 @@ mod error;
 mod event;
 #[cfg(feature = "axum")]
 mod extract;
+pub mod fixtures;
 pub mod handoff;
 mod layer;
 pub mod metrics;

@@ -21,10 +21,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use http_body_util::{BodyExt, Full};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use klikit_webhook::{
-    EventType, SECRET_ENV_VAR,
-    signature::sign,
-    store::LeaseToken,
-    testing::{fixtures, signed_request},
+    EventType, SECRET_ENV_VAR, fixtures, signature::sign, store::LeaseToken, testing::signed_request,
 };
 
 #[derive(Parser)]

@@ -168,7 +168,7 @@ use tracing::Instrument;
 
 use crate::{
     ConfigError, EventId, EventType, KlikitEvent, PostgresStore,
-    store::{Claim, DedupStore, Lease, StoreError, ttl_millis, validate_identifier},
+    store::{Claim, DedupStore, Lease, StoreError, sql::validate_identifier, ttl_millis},
 };
 
 /// Queues verified Klikit events in a Postgres table (the outbox).

@@ -5,7 +5,9 @@ use std::{fmt, sync::Arc, time::Duration};
 use async_trait::async_trait;
 use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 
-use super::{Claim, DedupStore, Lease, LeaseToken, Result, StoreError, token_bytes, ttl_millis, validate_identifier};
+use super::{
+    Claim, DedupStore, Lease, LeaseToken, Result, StoreError, sql::validate_identifier, token_bytes, ttl_millis,
+};
 use crate::{ConfigError, EventId};
 
 /// The dedup store in a Postgres table: shared by every instance that uses

@@ -146,8 +146,6 @@
 //! | `redis` | no | `RedisStore`: a dedup store shared by every instance, in Redis |
 //! | `postgres` | no | `PostgresStore`: a dedup store shared by every instance, in a Postgres table (sqlx) |
 //! | `test-util` | no | [`testing::conformance`](crate::testing), the test suite for dedup stores |
-//! | `nats` | no | [durable hand-off](handoff) to NATS JetStream: publish before answering 2xx, process from a worker |
-//! | `outbox` | no | [durable hand-off](handoff) through a Postgres outbox table, queued in the dedup transaction (implies `postgres`) |
 //! | `metrics` | no | per-outcome counters and a latency histogram through the `metrics` facade ([`metrics`]) |
 //! | `tonic` | no | [`ResponseBody`] for `tonic::body::Body`, to stack the layer in a tonic server |
 //! | `receiver` | no | the reference receiver (`receiver` module, `cargo run --example receiver`), SQLite store, `GET /metrics` |
@@ -164,7 +162,6 @@ mod event;
 #[cfg(feature = "axum")]
 mod extract;
 pub mod fixtures;
-pub mod handoff;
 mod layer;
 pub mod metrics;
 pub mod payload;

@@ -317,7 +317,7 @@ impl PostgresStore {
     /// the caller's transaction** `conn`.
     ///
     /// This is the dedup half of the outbox hand-off
-    /// ([`handoff::postgres`](crate::handoff)): called in the same
+    /// (`klikit_handoff::postgres`, in the `klikit-handoff` crate): called in the same
     /// transaction as the insert of the event into a queue table, the "done"
     /// mark and the queued event commit together or not at all.
     ///

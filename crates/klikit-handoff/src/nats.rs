@@ -10,7 +10,7 @@
 //!   consumer with explicit acks, rebuilds the [`KlikitEvent`], calls your
 //!   async closure, and acks only after it returned `Ok`.
 //!
-//! See the [module docs](crate::handoff) for the guarantees, and why your
+//! See the [module docs](crate) for the guarantees, and why your
 //! processing must be idempotent on the event id.
 //!
 //! The feature needs Rust 1.89, the minimum of `async-nats` 0.51. Only
@@ -31,10 +31,8 @@
 //!
 //! ```no_run
 //! use axum::{Router, routing::post};
-//! use klikit_webhook::{
-//!     KlikitWebhookLayer, WebhookSecret,
-//!     handoff::nats::{JetStreamHandoff, JetStreamWorker, ProcessError, receive},
-//! };
+//! use klikit_handoff::nats::{JetStreamHandoff, JetStreamWorker, ProcessError, receive};
+//! use klikit_webhook::{KlikitWebhookLayer, WebhookSecret};
 //!
 //! # #[tokio::main]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -86,10 +84,7 @@ use async_nats::{
 use futures_util::StreamExt;
 use tracing::Instrument;
 
-use crate::{
-    EventId, EventType, KlikitEvent, KlikitWebhookLayer,
-    event::{EVENT_ID_HEADER, EVENT_TYPE_HEADER},
-};
+use klikit_webhook::{EVENT_ID_HEADER, EVENT_TYPE_HEADER, EventId, EventType, KlikitEvent, KlikitWebhookLayer};
 
 /// Publishes verified Klikit events to a NATS JetStream stream.
 ///
@@ -458,7 +453,7 @@ pub use super::ProcessError;
 ///
 /// Since a message can be delivered again after your side effect (a crash
 /// between the side effect and the ack), make the closure idempotent on
-/// [`KlikitEvent::id`]; see the [handoff module docs](crate::handoff).
+/// [`KlikitEvent::id`]; see the [handoff module docs](crate).
 /// Several workers (processes) may run with the same durable name: the
 /// server spreads the messages between them.
 ///

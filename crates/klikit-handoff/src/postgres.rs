@@ -14,7 +14,7 @@
 //!   closure for each row **with that transaction's connection**, marks the
 //!   rows processed and commits.
 //!
-//! See the [module docs](crate::handoff) for the overall guarantees.
+//! See the [module docs](crate) for the overall guarantees.
 //!
 //! # Why the dedup "done" mark goes in the outbox transaction
 //!
@@ -54,7 +54,7 @@
 //! handler's transaction already completed *with the same token* counts as
 //! success.
 //!
-//! Two limits: the layer's [signature deduplication](crate::KlikitWebhookLayer::with_signature_dedup)
+//! Two limits: the layer's [signature deduplication](klikit_webhook::KlikitWebhookLayer::with_signature_dedup)
 //! key (`sig:...`) is still completed by the layer after the answer, outside
 //! the transaction (the handler does not know it); and a claim whose lease
 //! expired while the handler ran (a handler slower than the layer's lease)
@@ -87,7 +87,7 @@
 //! - Effects **outside** this database (an HTTP call to a POS, a message)
 //!   can happen and then be followed by a crash before the commit; the event
 //!   is then processed again. Make those idempotent on the event id, as with
-//!   any broker (see the [module docs](crate::handoff)).
+//!   any broker (see the [module docs](crate)).
 //!
 //! # Table
 //!
@@ -118,10 +118,8 @@
 //!
 //! ```no_run
 //! use axum::{Router, routing::post};
-//! use klikit_webhook::{
-//!     KlikitWebhookLayer, PostgresStore, WebhookSecret,
-//!     handoff::postgres::{OutboxWorker, PostgresOutbox, ProcessError, receive},
-//! };
+//! use klikit_handoff::postgres::{OutboxWorker, PostgresOutbox, ProcessError, receive};
+//! use klikit_webhook::{KlikitWebhookLayer, PostgresStore, WebhookSecret};
 //!
 //! # #[tokio::main]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -166,7 +164,7 @@ use futures_util::future::BoxFuture;
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
 use tracing::Instrument;
 
-use crate::{
+use klikit_webhook::{
     ConfigError, EventId, EventType, KlikitEvent, PostgresStore,
     store::{Claim, DedupStore, Lease, StoreError, sql::validate_identifier, ttl_millis},
 };
@@ -326,8 +324,8 @@ impl PostgresOutbox {
     ///
     /// `store` must be the layer's store and live in the same database as
     /// this outbox (the transaction runs on this outbox's pool). Pass the
-    /// layer's [retention](crate::KlikitWebhookLayer::with_retention)
-    /// ([`KlikitWebhookLayer::DEFAULT_RETENTION`](crate::KlikitWebhookLayer::DEFAULT_RETENTION) unless you changed it), and
+    /// layer's [retention](klikit_webhook::KlikitWebhookLayer::with_retention)
+    /// ([`KlikitWebhookLayer::DEFAULT_RETENTION`](klikit_webhook::KlikitWebhookLayer::DEFAULT_RETENTION) unless you changed it), and
     /// give the layer [`dedup_store`](Self::dedup_store).
     pub fn with_dedup(mut self, store: PostgresStore, retention: Duration) -> Self {
         self.config_mut().dedup = Some((store, retention));
@@ -551,11 +549,11 @@ impl OutboxDedupStore {
 
 #[async_trait]
 impl DedupStore for OutboxDedupStore {
-    async fn claim(&self, event_id: &EventId, lease: Duration) -> crate::store::Result<Claim> {
+    async fn claim(&self, event_id: &EventId, lease: Duration) -> klikit_webhook::store::Result<Claim> {
         self.store.claim(event_id, lease).await
     }
 
-    async fn complete(&self, lease: &Lease, retain: Duration) -> crate::store::Result<bool> {
+    async fn complete(&self, lease: &Lease, retain: Duration) -> klikit_webhook::store::Result<bool> {
         if self.store.complete(lease, retain).await? {
             return Ok(true);
         }
@@ -566,7 +564,7 @@ impl DedupStore for OutboxDedupStore {
         Ok(done)
     }
 
-    async fn release(&self, lease: &Lease) -> crate::store::Result<bool> {
+    async fn release(&self, lease: &Lease) -> klikit_webhook::store::Result<bool> {
         if self.store.release(lease).await? {
             return Ok(true);
         }
@@ -620,7 +618,7 @@ impl axum::response::IntoResponse for OutboxError {
 /// - `503` with `Retry-After: 5` if it did not (the layer releases the claim
 ///   and Klikit retries); see [`OutboxError`].
 ///
-/// Route it behind [`KlikitWebhookLayer`](crate::KlikitWebhookLayer) with a [`PostgresOutbox`] as the
+/// Route it behind [`KlikitWebhookLayer`](klikit_webhook::KlikitWebhookLayer) with a [`PostgresOutbox`] as the
 /// state, or as a part of your state through `axum::extract::FromRef`. See
 /// the [module docs](self) for an example.
 #[cfg(feature = "axum")]

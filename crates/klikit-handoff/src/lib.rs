@@ -3,8 +3,8 @@
 //!
 //! Klikit waits at most 10 s for a 2xx and recommends answering in under a
 //! second and doing the real work in the background. Doing the work in the
-//! background of the *same* process (a channel and a task, as in
-//! `examples/receiver.rs`) loses every event still queued when that process
+//! background of the *same* process (a channel and a task, as in the
+//! reference receiver of `klikit-cli`) loses every event still queued when that process
 //! dies: the 2xx already completed the dedup claim, so Klikit never sends it
 //! again. The durable hand-off closes that gap:
 //!
@@ -32,7 +32,7 @@
 //!   window (a Klikit retry after a publish that succeeded but whose PubAck
 //!   was lost, two receiver replicas without a shared dedup store, an operator
 //!   replay) is stored once. Keep that window at least as long as the layer's
-//!   [retention](crate::KlikitWebhookLayer::with_retention).
+//!   [retention](klikit_webhook::KlikitWebhookLayer::with_retention).
 //! - **The worker acknowledges after processing.** The worker acks a message
 //!   only after your processing returned `Ok`. A worker that crashes, hangs or
 //!   loses its connection before the ack gets the message redelivered (after
@@ -57,8 +57,8 @@
 //!
 //! | feature | module | broker |
 //! |---|---|---|
-//! | `nats` | `handoff::nats` | NATS JetStream: `JetStreamHandoff` publishes, `JetStreamWorker` processes |
-//! | `outbox` | `handoff::postgres` | a Postgres outbox table: `PostgresOutbox` enqueues, `OutboxWorker` processes |
+//! | `nats` | `nats` | NATS JetStream: `JetStreamHandoff` publishes, `JetStreamWorker` processes |
+//! | `outbox` | `postgres` | a Postgres outbox table: `PostgresOutbox` enqueues, `OutboxWorker` processes |
 //!
 //! The Postgres outbox needs no broker when the dedup store is already a
 //! `PostgresStore`, and goes one step further than a broker: the queued event
@@ -69,6 +69,19 @@
 //! LOCKED`: a killed worker's rows are simply pending again, and parallel
 //! workers never share a row. `tests/handoff_postgres.rs` kills workers
 //! mid-batch and checks every event's effect exists exactly once.
+//!
+//! The default feature `axum` adds each engine's `receive`, a ready-made
+//! axum handler, and `IntoResponse` for its error.
+//!
+//! Both engines live in this one crate, behind one feature each, because
+//! they share what a hand-off is: [`ProcessError`] (the worker's
+//! retry-or-give-up answer), the 200/503 answer of the `receive` handlers,
+//! and the worker's retry backoff.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 #[cfg(feature = "nats")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
@@ -93,7 +106,7 @@ pub mod postgres;
 ///   Postgres: the row's `failed_at` is set).
 ///
 /// ```
-/// use klikit_webhook::handoff::ProcessError;
+/// use klikit_handoff::ProcessError;
 ///
 /// let error = ProcessError::retry(std::io::Error::other("pos unreachable"));
 /// assert!(error.is_retryable());
@@ -104,7 +117,7 @@ pub mod postgres;
 pub struct ProcessError {
     retry: bool,
     #[source]
-    source: crate::store::BoxError,
+    source: klikit_webhook::store::BoxError,
 }
 
 fn failure_kind(retry: &bool) -> &'static str {
@@ -113,7 +126,7 @@ fn failure_kind(retry: &bool) -> &'static str {
 
 impl ProcessError {
     /// A transient failure: take the event again later.
-    pub fn retry(error: impl Into<crate::store::BoxError>) -> Self {
+    pub fn retry(error: impl Into<klikit_webhook::store::BoxError>) -> Self {
         Self {
             retry: true,
             source: error.into(),
@@ -121,7 +134,7 @@ impl ProcessError {
     }
 
     /// A permanent failure: do not take the event again.
-    pub fn permanent(error: impl Into<crate::store::BoxError>) -> Self {
+    pub fn permanent(error: impl Into<klikit_webhook::store::BoxError>) -> Self {
         Self {
             retry: false,
             source: error.into(),

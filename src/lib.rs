@@ -148,8 +148,6 @@
 //! | `test-util` | no | [`testing::conformance`](crate::testing), the test suite for dedup stores |
 //! | `metrics` | no | per-outcome counters and a latency histogram through the `metrics` facade ([`metrics`]) |
 //! | `tonic` | no | [`ResponseBody`] for `tonic::body::Body`, to stack the layer in a tonic server |
-//! | `receiver` | no | the reference receiver (`receiver` module, `cargo run --example receiver`), SQLite store, `GET /metrics` |
-//! | `cli` | no | the `klikit` binary: `sign`, `send`, `serve` |
 //! | `full` | no | all of the above |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -165,9 +163,6 @@ pub mod fixtures;
 mod layer;
 pub mod metrics;
 pub mod payload;
-#[cfg(feature = "receiver")]
-#[cfg_attr(docsrs, doc(cfg(feature = "receiver")))]
-pub mod receiver;
 mod rejection;
 mod secret;
 mod service;

@@ -145,7 +145,7 @@
 //! | `sqlite` | no | `SqliteStore`: an embedded, persistent dedup store (bundled SQLite, via sqlx) |
 //! | `redis` | no | `RedisStore`: a dedup store shared by every instance, in Redis |
 //! | `postgres` | no | `PostgresStore`: a dedup store shared by every instance, in a Postgres table (sqlx) |
-//! | `test-util` | no | [`testing::conformance`](crate::testing), the test suite for dedup stores |
+//! | `test-util` | no | `testing`: `signed_request` (a delivery as Klikit sends it) and `conformance`, the test suite for dedup stores |
 //! | `metrics` | no | per-outcome counters and a latency histogram through the `metrics` facade ([`metrics`]) |
 //! | `tonic` | no | [`ResponseBody`] for `tonic::body::Body`, to stack the layer in a tonic server |
 //! | `full` | no | all of the above |
@@ -168,6 +168,8 @@ mod secret;
 mod service;
 pub mod signature;
 pub mod store;
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod testing;
 
 pub use error::ConfigError;

@@ -1,13 +1,10 @@
-//! Helpers for testing code that receives Klikit webhooks.
+//! Helpers for testing code that receives Klikit webhooks (feature
+//! `test-util`): [`signed_request`] builds a delivery as Klikit sends it, and
+//! [`conformance`] holds the test suite every
+//! [`DedupStore`](crate::DedupStore) must pass.
 //!
-#![cfg_attr(
-    feature = "test-util",
-    doc = "With the `test-util` feature, [`conformance`] holds the test suite every [`DedupStore`](crate::DedupStore) must pass."
-)]
-#![cfg_attr(
-    not(feature = "test-util"),
-    doc = "With the `test-util` feature, `conformance` holds the test suite every [`DedupStore`](crate::DedupStore) must pass."
-)]
+//! Test code only: nothing in the workspace's `src/` uses this module. The
+//! sample bodies are in [`fixtures`](crate::fixtures), always compiled.
 
 use bytes::Bytes;
 use http::{Request, header};
@@ -17,11 +14,9 @@ use crate::{
     signature::sign,
 };
 
-#[cfg(feature = "test-util")]
-#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod conformance;
 
-/// The path the examples serve webhooks on.
+/// The path [`signed_request`] builds requests for.
 pub const WEBHOOK_PATH: &str = "/webhooks/klikit";
 
 /// Builds a `POST /webhooks/klikit` request the way Klikit sends it: JSON

@@ -83,6 +83,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+mod common;
 #[cfg(feature = "nats")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
 pub mod nats;
@@ -91,81 +92,4 @@ pub mod nats;
 #[cfg_attr(docsrs, doc(cfg(feature = "outbox")))]
 pub mod postgres;
 
-/// Why a worker's processing of an event failed, and whether to try again.
-///
-/// Shared by the workers of every hand-off:
-///
-/// - [`retry`](Self::retry): a transient failure (POS busy, database down).
-///   The worker gives the event back and takes it again after a delay that
-///   grows with each failure, up to the worker's attempt limit (NATS: a
-///   delayed nak; Postgres: the savepoint is rolled back and `attempts`
-///   counted).
-/// - [`permanent`](Self::permanent): the event can never be processed (a body
-///   that does not parse, say). It is not taken again and is kept for
-///   inspection or a manual replay (NATS: terminated, still in the stream;
-///   Postgres: the row's `failed_at` is set).
-///
-/// ```
-/// use klikit_handoff::ProcessError;
-///
-/// let error = ProcessError::retry(std::io::Error::other("pos unreachable"));
-/// assert!(error.is_retryable());
-/// assert!(!ProcessError::permanent(std::io::Error::other("not JSON")).is_retryable());
-/// ```
-#[derive(Debug, thiserror::Error)]
-#[error("{} processing failure: {source}", failure_kind(.retry))]
-pub struct ProcessError {
-    retry: bool,
-    #[source]
-    source: klikit_webhook::store::BoxError,
-}
-
-fn failure_kind(retry: &bool) -> &'static str {
-    if *retry { "transient" } else { "permanent" }
-}
-
-impl ProcessError {
-    /// A transient failure: take the event again later.
-    pub fn retry(error: impl Into<klikit_webhook::store::BoxError>) -> Self {
-        Self {
-            retry: true,
-            source: error.into(),
-        }
-    }
-
-    /// A permanent failure: do not take the event again.
-    pub fn permanent(error: impl Into<klikit_webhook::store::BoxError>) -> Self {
-        Self {
-            retry: false,
-            source: error.into(),
-        }
-    }
-
-    /// Whether the event will be taken again.
-    pub fn is_retryable(&self) -> bool {
-        self.retry
-    }
-}
-
-/// The answer of the hand-off handlers: `200 {"status":"received"}` once the
-/// event is durably handed off, otherwise 503 with `Retry-After: 5` so that
-/// the layer releases the claim and Klikit retries.
-#[cfg(all(feature = "axum", any(feature = "nats", feature = "outbox")))]
-pub(crate) fn answer<T, E: std::fmt::Display>(handed_off: Result<T, E>) -> axum::response::Response {
-    use axum::{
-        http::{StatusCode, header},
-        response::IntoResponse,
-    };
-    match handed_off {
-        Ok(_) => ([(header::CONTENT_TYPE, "application/json")], r#"{"status":"received"}"#).into_response(),
-        Err(error) => {
-            tracing::error!(%error, "klikit event hand-off failed; answering 503 so Klikit retries");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [(header::RETRY_AFTER, "5"), (header::CONTENT_TYPE, "application/json")],
-                r#"{"error":"event hand-off unavailable"}"#,
-            )
-                .into_response()
-        }
-    }
-}
+pub use common::ProcessError;

@@ -84,6 +84,7 @@ use async_nats::{
 use futures_util::StreamExt;
 use tracing::Instrument;
 
+use crate::common::RetryBackoff;
 use klikit_webhook::{EVENT_ID_HEADER, EVENT_TYPE_HEADER, EventId, EventType, KlikitEvent, KlikitWebhookLayer};
 
 /// Publishes verified Klikit events to a NATS JetStream stream.
@@ -406,7 +407,7 @@ pub enum HandoffError {
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 impl axum::response::IntoResponse for HandoffError {
     fn into_response(self) -> axum::response::Response {
-        super::answer::<(), _>(Err(self))
+        crate::common::answer::<(), _>(Err(self))
     }
 }
 
@@ -427,10 +428,10 @@ pub async fn receive(
     axum::extract::State(handoff): axum::extract::State<JetStreamHandoff>,
     event: KlikitEvent,
 ) -> axum::response::Response {
-    super::answer(handoff.publish(&event).await)
+    crate::common::answer(handoff.publish(&event).await)
 }
 
-pub use super::ProcessError;
+pub use crate::ProcessError;
 
 /// Processes handed-off events from a durable JetStream pull consumer.
 ///
@@ -469,8 +470,7 @@ pub struct JetStreamWorker {
     max_deliver: i64,
     max_ack_pending: i64,
     batch: usize,
-    retry_delay: Duration,
-    max_retry_delay: Duration,
+    retry: RetryBackoff,
     custom_config: Option<consumer::pull::Config>,
 }
 
@@ -490,9 +490,9 @@ impl JetStreamWorker {
     pub const DEFAULT_BATCH: usize = 10;
     /// The default delay before the first retry of a failed event: 1 s,
     /// doubled on each further delivery.
-    pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
+    pub const DEFAULT_RETRY_DELAY: Duration = RetryBackoff::DEFAULT_FIRST;
     /// The default longest delay between retries: 5 minutes.
-    pub const DEFAULT_MAX_RETRY_DELAY: Duration = Duration::from_secs(5 * 60);
+    pub const DEFAULT_MAX_RETRY_DELAY: Duration = RetryBackoff::DEFAULT_MAX;
 
     /// A worker for the durable consumer `durable` on `handoff`'s stream and
     /// subject. Nothing is sent to the server until
@@ -506,8 +506,7 @@ impl JetStreamWorker {
             max_deliver: Self::DEFAULT_MAX_DELIVER,
             max_ack_pending: 1000,
             batch: Self::DEFAULT_BATCH,
-            retry_delay: Self::DEFAULT_RETRY_DELAY,
-            max_retry_delay: Self::DEFAULT_MAX_RETRY_DELAY,
+            retry: RetryBackoff::default(),
             custom_config: None,
         }
     }
@@ -557,8 +556,7 @@ impl JetStreamWorker {
     /// (defaults [`DEFAULT_RETRY_DELAY`](Self::DEFAULT_RETRY_DELAY) and
     /// [`DEFAULT_MAX_RETRY_DELAY`](Self::DEFAULT_MAX_RETRY_DELAY)).
     pub fn with_retry_delay(mut self, first: Duration, max: Duration) -> Self {
-        self.retry_delay = first;
-        self.max_retry_delay = max;
+        self.retry = RetryBackoff::new(first, max);
         self
     }
 
@@ -752,7 +750,7 @@ impl JetStreamWorker {
                 }
             }
             Err(error) if error.is_retryable() => {
-                let delay = self.retry_delay_after(delivered);
+                let delay = self.retry.delay(delivered.saturating_sub(1));
                 if self.max_deliver > 0 && delivered >= self.max_deliver {
                     tracing::error!(%error, "processing failed on the last allowed delivery; the event stays in the stream, undelivered");
                 } else {
@@ -765,14 +763,6 @@ impl JetStreamWorker {
                 send_ack(message, AckKind::Term).await;
             }
         }
-    }
-
-    /// The nak delay after delivery number `delivered` (1-based).
-    fn retry_delay_after(&self, delivered: i64) -> Duration {
-        let doublings = u32::try_from(delivered.saturating_sub(1).clamp(0, 30)).unwrap_or(30);
-        self.retry_delay
-            .saturating_mul(2u32.saturating_pow(doublings))
-            .min(self.max_retry_delay)
     }
 }
 
@@ -803,8 +793,7 @@ impl fmt::Debug for JetStreamWorker {
             .field("max_deliver", &self.max_deliver)
             .field("max_ack_pending", &self.max_ack_pending)
             .field("batch", &self.batch)
-            .field("retry_delay", &self.retry_delay)
-            .field("max_retry_delay", &self.max_retry_delay)
+            .field("retry", &self.retry)
             .field("custom_config", &self.custom_config.is_some())
             .finish()
     }

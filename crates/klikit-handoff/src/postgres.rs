@@ -164,6 +164,7 @@ use futures_util::future::BoxFuture;
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
 use tracing::Instrument;
 
+use crate::common::RetryBackoff;
 use klikit_webhook::{
     ConfigError, EventId, EventType, KlikitEvent, PostgresStore,
     store::{Claim, DedupStore, Lease, StoreError, sql::validate_identifier, ttl_millis},
@@ -606,7 +607,7 @@ pub enum OutboxError {
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 impl axum::response::IntoResponse for OutboxError {
     fn into_response(self) -> axum::response::Response {
-        super::answer::<(), _>(Err(self))
+        crate::common::answer::<(), _>(Err(self))
     }
 }
 
@@ -627,10 +628,10 @@ pub async fn receive(
     axum::extract::State(outbox): axum::extract::State<PostgresOutbox>,
     event: KlikitEvent,
 ) -> axum::response::Response {
-    super::answer(outbox.enqueue(&event).await)
+    crate::common::answer(outbox.enqueue(&event).await)
 }
 
-pub use super::ProcessError;
+pub use crate::ProcessError;
 
 /// Processes queued events from the outbox table.
 ///
@@ -672,8 +673,7 @@ pub struct OutboxWorker {
     batch: i64,
     poll_interval: Duration,
     max_attempts: i32,
-    retry_delay: Duration,
-    max_retry_delay: Duration,
+    retry: RetryBackoff,
 }
 
 impl OutboxWorker {
@@ -687,9 +687,9 @@ impl OutboxWorker {
     pub const DEFAULT_MAX_ATTEMPTS: i32 = 10;
     /// The default delay before the first retry: 1 s, doubled on each further
     /// failure.
-    pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
+    pub const DEFAULT_RETRY_DELAY: Duration = RetryBackoff::DEFAULT_FIRST;
     /// The default longest delay between retries: 5 minutes.
-    pub const DEFAULT_MAX_RETRY_DELAY: Duration = Duration::from_secs(5 * 60);
+    pub const DEFAULT_MAX_RETRY_DELAY: Duration = RetryBackoff::DEFAULT_MAX;
 
     /// A worker on `outbox`'s table. Nothing is sent to the database until
     /// [`process_batch`](Self::process_batch) or [`run`](Self::run).
@@ -699,8 +699,7 @@ impl OutboxWorker {
             batch: Self::DEFAULT_BATCH,
             poll_interval: Self::DEFAULT_POLL_INTERVAL,
             max_attempts: Self::DEFAULT_MAX_ATTEMPTS,
-            retry_delay: Self::DEFAULT_RETRY_DELAY,
-            max_retry_delay: Self::DEFAULT_MAX_RETRY_DELAY,
+            retry: RetryBackoff::default(),
         }
     }
 
@@ -732,8 +731,7 @@ impl OutboxWorker {
     /// (defaults [`DEFAULT_RETRY_DELAY`](Self::DEFAULT_RETRY_DELAY) and
     /// [`DEFAULT_MAX_RETRY_DELAY`](Self::DEFAULT_MAX_RETRY_DELAY)).
     pub fn with_retry_delay(mut self, first: Duration, max: Duration) -> Self {
-        self.retry_delay = first;
-        self.max_retry_delay = max;
+        self.retry = RetryBackoff::new(first, max);
         self
     }
 
@@ -820,7 +818,7 @@ impl OutboxWorker {
                 .execute(&mut *tx)
                 .await?;
         } else {
-            let delay = self.retry_delay_after(attempts);
+            let delay = self.retry.delay(i64::from(attempts));
             tracing::warn!(%error, retry_in = ?delay, "processing failed; the event will be taken again");
             query(&sql.mark_retry)
                 .bind(id)
@@ -830,14 +828,6 @@ impl OutboxWorker {
                 .await?;
         }
         Ok(false)
-    }
-
-    /// The delay after `attempts` earlier failures.
-    fn retry_delay_after(&self, attempts: i32) -> Duration {
-        let doublings = u32::try_from(attempts.clamp(0, 30)).unwrap_or(30);
-        self.retry_delay
-            .saturating_mul(2u32.saturating_pow(doublings))
-            .min(self.max_retry_delay)
     }
 
     /// Processes events with `process` forever. Equivalent to
@@ -906,8 +896,7 @@ impl fmt::Debug for OutboxWorker {
             .field("batch", &self.batch)
             .field("poll_interval", &self.poll_interval)
             .field("max_attempts", &self.max_attempts)
-            .field("retry_delay", &self.retry_delay)
-            .field("max_retry_delay", &self.max_retry_delay)
+            .field("retry", &self.retry)
             .finish()
     }
 }

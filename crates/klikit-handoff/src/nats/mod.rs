@@ -13,7 +13,8 @@
 //! See the [module docs](crate) for the guarantees, and why your
 //! processing must be idempotent on the event id.
 //!
-//! The feature needs Rust 1.89, the minimum of `async-nats` 0.51. Only
+//! On its own the feature needs Rust 1.89, the minimum of `async-nats` 0.51
+//! (the crate declares 1.94 for the outbox's sqlx). Only
 //! `async-nats`'s `jetstream` and `ring` features are enabled. For stream or
 //! consumer options this module does not set, start from
 //! [`stream_config`](JetStreamHandoff::stream_config) (create the stream

@@ -16,7 +16,10 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 VENV="${VENV:-/tmp/klikit-bench-venv}"
 
-cargo build --release --features receiver,redis,postgres --example receiver --example bare_twin --example load
+# The receiver is the klikit-cli crate's example (its default features take
+# every KLIKIT_STORE); cargo puts every member's examples in one folder.
+cargo build --release -p klikit-cli --example receiver
+cargo build --release -p klikit-webhook --example bare_twin --example load
 
 flask=()
 if [[ "${NO_PYTHON:-0}" != 1 ]]; then

@@ -145,13 +145,9 @@
 //! | `sqlite` | no | `SqliteStore`: an embedded, persistent dedup store (bundled SQLite, via sqlx) |
 //! | `redis` | no | `RedisStore`: a dedup store shared by every instance, in Redis |
 //! | `postgres` | no | `PostgresStore`: a dedup store shared by every instance, in a Postgres table (sqlx) |
-//! | `test-util` | no | [`testing::conformance`](crate::testing), the test suite for dedup stores |
-//! | `nats` | no | [durable hand-off](handoff) to NATS JetStream: publish before answering 2xx, process from a worker |
-//! | `outbox` | no | [durable hand-off](handoff) through a Postgres outbox table, queued in the dedup transaction (implies `postgres`) |
+//! | `test-util` | no | `testing`: `signed_request` (a delivery as Klikit sends it) and `conformance`, the test suite for dedup stores |
 //! | `metrics` | no | per-outcome counters and a latency histogram through the `metrics` facade ([`metrics`]) |
 //! | `tonic` | no | [`FromJson`] for `tonic::body::Body`, to stack the layer in a tonic server |
-//! | `receiver` | no | the reference receiver (`receiver` module, `cargo run --example receiver`), SQLite store, `GET /metrics` |
-//! | `cli` | no | the `klikit` binary: `sign`, `send`, `serve` |
 //! | `full` | no | all of the above |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -163,14 +159,11 @@ mod error;
 mod event;
 #[cfg(feature = "axum")]
 mod extract;
-pub mod handoff;
+pub mod fixtures;
 mod layer;
 pub mod metrics;
 mod outcome;
 pub mod payload;
-#[cfg(feature = "receiver")]
-#[cfg_attr(docsrs, doc(cfg(feature = "receiver")))]
-pub mod receiver;
 mod rejection;
 pub mod scheme;
 mod secret;
@@ -178,6 +171,8 @@ mod secrets;
 mod service;
 pub mod signature;
 pub mod store;
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod testing;
 
 pub use error::ConfigError;
@@ -191,13 +186,11 @@ pub use rejection::{FromJson, Rejection, RejectionKind};
 pub use scheme::klikit::{EVENT_ID_HEADER, EVENT_TYPE_HEADER, SIGNATURE_HEADER};
 pub use secret::{RECOMMENDED_MIN_SECRET_LEN, SECRET_ENV_VAR, WebhookSecret};
 pub use service::{KlikitWebhookService, ResponseFuture};
+// The stores' own items carry their `doc(cfg)`; the re-exports inherit it.
 #[cfg(feature = "postgres")]
-#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use store::PostgresStore;
 #[cfg(feature = "redis")]
-#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use store::RedisStore;
 #[cfg(feature = "sqlite")]
-#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use store::SqliteStore;
 pub use store::{DedupStore, MemoryStore, StoreError};

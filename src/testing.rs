@@ -1,56 +1,19 @@
-//! Helpers for testing code that receives Klikit webhooks.
+//! Helpers for testing code that receives Klikit webhooks (feature
+//! `test-util`): [`signed_request`] builds a delivery as Klikit sends it, and
+//! [`conformance`] holds the test suite every
+//! [`DedupStore`](crate::DedupStore) must pass.
 //!
-#![cfg_attr(
-    feature = "test-util",
-    doc = "With the `test-util` feature, [`conformance`] holds the test suite every [`DedupStore`](crate::DedupStore) must pass."
-)]
-#![cfg_attr(
-    not(feature = "test-util"),
-    doc = "With the `test-util` feature, `conformance` holds the test suite every [`DedupStore`](crate::DedupStore) must pass."
-)]
+//! Test code only: nothing in the workspace's `src/` uses this module. The
+//! sample bodies are in [`fixtures`](crate::fixtures), always compiled.
 
 use bytes::Bytes;
 use http::{Request, header};
 
 use crate::{EVENT_ID_HEADER, EVENT_TYPE_HEADER, SIGNATURE_HEADER, signature::sign};
 
-/// Realistic bodies for the three documented event types, written to match
-/// Klikit's published examples (see `fixtures/` in the repository).
-///
-/// ```
-/// use klikit_webhook::{EventType, KlikitEvent, testing::fixtures};
-///
-/// let event = KlikitEvent::new("evt-1".parse().unwrap(), EventType::OrderCreated, fixtures::ORDER_CREATED.into());
-/// assert_eq!(event.payload().unwrap().orders.len(), 2);
-/// assert_eq!(fixtures::for_event_type(&EventType::OrderCartUpdated), Some(fixtures::ORDER_CART_UPDATED));
-/// ```
-pub mod fixtures {
-    use crate::EventType;
-
-    /// `klikit.order.created.v2`: two new orders in one batch.
-    pub const ORDER_CREATED: &str = include_str!("../fixtures/order_created.json");
-    /// `klikit.order.status.updated`: an order turned READY (status 5), with
-    /// a field this crate does not know.
-    pub const ORDER_STATUS_UPDATED: &str = include_str!("../fixtures/order_status_updated.json");
-    /// `klikit.order.cart.updated`: the whole new cart of an order in progress.
-    pub const ORDER_CART_UPDATED: &str = include_str!("../fixtures/order_cart_updated.json");
-
-    /// The fixture for a known event type.
-    pub fn for_event_type(event_type: &EventType) -> Option<&'static str> {
-        match event_type {
-            EventType::OrderCreated => Some(ORDER_CREATED),
-            EventType::OrderStatusUpdated => Some(ORDER_STATUS_UPDATED),
-            EventType::OrderCartUpdated => Some(ORDER_CART_UPDATED),
-            EventType::Other(_) => None,
-        }
-    }
-}
-
-#[cfg(feature = "test-util")]
-#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod conformance;
 
-/// The path the examples serve webhooks on.
+/// The path [`signed_request`] builds requests for.
 pub const WEBHOOK_PATH: &str = "/webhooks/klikit";
 
 /// Builds a `POST /webhooks/klikit` request the way Klikit sends it: JSON

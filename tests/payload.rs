@@ -143,7 +143,7 @@ fn event_types_round_trip() {
 
 #[test]
 fn shipped_fixtures_parse_as_their_event_types() {
-    use klikit_webhook::testing::fixtures;
+    use klikit_webhook::fixtures;
     for (event_type, fixture) in [
         (EventType::OrderCreated, fixtures::ORDER_CREATED),
         (EventType::OrderStatusUpdated, fixtures::ORDER_STATUS_UPDATED),

@@ -142,6 +142,7 @@ mod memory;
 mod postgres;
 #[cfg(feature = "redis")]
 mod redis;
+pub mod sql;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
@@ -186,30 +187,22 @@ where
     })
 }
 
-/// `duration` in whole milliseconds, clamped to `1..=MAX_TTL`.
-#[cfg_attr(
-    not(any(feature = "redis", feature = "postgres", feature = "sqlite")),
-    allow(dead_code)
-)]
-pub(crate) fn ttl_millis(duration: Duration) -> i64 {
+/// `duration` in whole milliseconds, clamped to `1..=`[`MAX_TTL`]: how the
+/// persistent stores (and the hand-offs of `klikit-handoff`) turn a lease,
+/// a retention or a delay into a TTL every backend can represent. A zero
+/// duration becomes 1 ms.
+///
+/// ```
+/// use std::time::Duration;
+/// use klikit_webhook::store::{MAX_TTL, ttl_millis};
+///
+/// assert_eq!(ttl_millis(Duration::from_secs(60)), 60_000);
+/// assert_eq!(ttl_millis(Duration::ZERO), 1);
+/// assert_eq!(ttl_millis(Duration::MAX), ttl_millis(MAX_TTL));
+/// ```
+pub fn ttl_millis(duration: Duration) -> i64 {
     let millis = duration.min(MAX_TTL).as_millis().max(1);
     i64::try_from(millis).unwrap_or(i64::MAX)
-}
-
-/// Checks that `name` is a plain SQL identifier, safe to splice into a
-/// statement: `[A-Za-z_][A-Za-z0-9_]*`, at most 63 bytes (the Postgres limit).
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
-pub(crate) fn validate_identifier(name: &str) -> std::result::Result<(), crate::ConfigError> {
-    let bytes = name.as_bytes();
-    let valid = !bytes.is_empty()
-        && bytes.len() <= 63
-        && (bytes[0].is_ascii_alphabetic() || bytes[0] == b'_')
-        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_');
-    if valid {
-        Ok(())
-    } else {
-        Err(crate::ConfigError::InvalidIdentifier { name: name.to_owned() })
-    }
 }
 
 /// A token's 16 big-endian bytes, as the SQL stores persist it.

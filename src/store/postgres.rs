@@ -5,7 +5,9 @@ use std::{fmt, sync::Arc, time::Duration};
 use async_trait::async_trait;
 use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 
-use super::{Claim, DedupStore, Lease, LeaseToken, Result, StoreError, token_bytes, ttl_millis, validate_identifier};
+use super::{
+    Claim, DedupStore, Lease, LeaseToken, Result, StoreError, sql::validate_identifier, token_bytes, ttl_millis,
+};
 use crate::{ConfigError, EventId};
 
 /// The dedup store in a Postgres table: shared by every instance that uses
@@ -315,7 +317,7 @@ impl PostgresStore {
     /// the caller's transaction** `conn`.
     ///
     /// This is the dedup half of the outbox hand-off
-    /// ([`handoff::postgres`](crate::handoff)): called in the same
+    /// (`klikit_handoff::postgres`, in the `klikit-handoff` crate): called in the same
     /// transaction as the insert of the event into a queue table, the "done"
     /// mark and the queued event commit together or not at all.
     ///

@@ -14,7 +14,9 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
-use super::{Claim, DedupStore, Lease, LeaseToken, Result, StoreError, token_bytes, ttl_millis, validate_identifier};
+use super::{
+    Claim, DedupStore, Lease, LeaseToken, Result, StoreError, sql::validate_identifier, token_bytes, ttl_millis,
+};
 use crate::{ConfigError, EventId};
 
 /// The embedded dedup store: one SQLite file, no server, survives restarts.

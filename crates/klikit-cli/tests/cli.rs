@@ -1,12 +1,12 @@
 //! The `klikit` command-line tool against the receiver on a loopback socket.
-#![cfg(feature = "cli")]
 
 use std::{
     io::Write,
     process::{Command, Stdio},
 };
 
-use klikit_webhook::{KlikitWebhookLayer, WebhookSecret, receiver, signature::sign};
+use klikit_cli::receiver;
+use klikit_webhook::{KlikitWebhookLayer, WebhookSecret, signature::sign};
 use tokio::sync::mpsc;
 
 const SECRET: &str = "cli-test-secret-0123456789";

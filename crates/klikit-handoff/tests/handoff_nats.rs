@@ -34,9 +34,9 @@ use axum::{
 };
 use futures_util::StreamExt;
 use http_body_util::BodyExt;
+use klikit_handoff::nats::{JetStreamHandoff, JetStreamWorker, ProcessError, receive};
 use klikit_webhook::{
     EventType, KlikitEvent, KlikitWebhookLayer, WebhookSecret,
-    handoff::nats::{JetStreamHandoff, JetStreamWorker, ProcessError, receive},
     testing::{WEBHOOK_PATH, signed_request},
 };
 use tokio::sync::mpsc;

@@ -1,7 +1,7 @@
 //! `klikit`: sign, send and receive Klikit webhooks from the command line.
 //!
 //! ```sh
-//! cargo install klikit-webhook --features cli
+//! cargo install klikit-cli
 //! export KLIKIT_WEBHOOK_SECRET=...
 //! klikit sign body.json                       # the x-klikit-signature of a file (or - for stdin)
 //! klikit send http://localhost:8080/webhooks/klikit --fixture created --repeat 3
@@ -18,13 +18,12 @@ use std::{
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
+use http::{Request, Uri, header};
 use http_body_util::{BodyExt, Full};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use klikit_webhook::{
-    EventType, SECRET_ENV_VAR,
-    signature::sign,
+    EVENT_ID_HEADER, EVENT_TYPE_HEADER, EventType, SECRET_ENV_VAR, SIGNATURE_HEADER, fixtures, signature::sign,
     store::LeaseToken,
-    testing::{fixtures, signed_request},
 };
 
 #[derive(Parser)]
@@ -108,6 +107,24 @@ fn read_body(source: &str) -> std::io::Result<Vec<u8>> {
     }
 }
 
+/// A delivery as Klikit sends it: `POST uri`, JSON content type, the event
+/// id and type headers, and `x-klikit-signature` over `body` with `secret`.
+fn signed_request(
+    secret: &[u8],
+    uri: &Uri,
+    event_id: &str,
+    event_type: &str,
+    body: Bytes,
+) -> Result<Request<Full<Bytes>>, String> {
+    Request::post(uri.clone())
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(SIGNATURE_HEADER, sign(secret, &body))
+        .header(EVENT_ID_HEADER, event_id)
+        .header(EVENT_TYPE_HEADER, event_type)
+        .body(Full::new(body))
+        .map_err(|e| format!("event id or event type is not a valid header value: {e}"))
+}
+
 async fn send(args: SendArgs) -> Result<(), String> {
     let (body, default_type) = match (&args.file, args.fixture) {
         (Some(file), _) => {
@@ -129,25 +146,24 @@ async fn send(args: SendArgs) -> Result<(), String> {
     } else {
         args.secret
     };
-    let uri: http::Uri = args.url.parse().map_err(|e| format!("{}: {e}", args.url))?;
+    let uri: Uri = args.url.parse().map_err(|e| format!("{}: {e}", args.url))?;
     let client = Arc::new(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
     println!("event id {event_id}, type {event_type}, {} bytes", body.len());
     let mut n = 0;
     for _ in 0..args.repeat.max(1) {
-        let round: Vec<_> = (0..args.concurrency.max(1))
+        let round = (0..args.concurrency.max(1))
             .map(|_| {
-                let mut request = signed_request::<Full<Bytes>>(&key, &event_id, &event_type, body.clone());
-                *request.uri_mut() = uri.clone();
+                let request = signed_request(key.as_bytes(), &uri, &event_id, &event_type, body.clone())?;
                 let client = client.clone();
-                tokio::spawn(async move {
+                Ok(tokio::spawn(async move {
                     let started = Instant::now();
                     let response = client.request(request).await.map_err(|e| e.to_string())?;
                     let status = response.status();
                     let answer = response.into_body().collect().await.map_err(|e| e.to_string())?;
                     Ok::<_, String>((status, answer.to_bytes(), started.elapsed()))
-                })
+                }))
             })
-            .collect();
+            .collect::<Result<Vec<_>, String>>()?;
         for task in round {
             n += 1;
             match task.await.map_err(|e| e.to_string())? {
@@ -180,16 +196,8 @@ async fn main() -> ExitCode {
             .await
             .unwrap_or_else(|_| Err("gave up after 300 s".into())),
         Command::Serve => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-                )
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-                .init();
-            klikit_webhook::receiver::serve_from_env()
-                .await
-                .map_err(|e| e.to_string())
+            klikit_cli::init_tracing();
+            klikit_cli::receiver::serve_from_env().await.map_err(|e| e.to_string())
         }
     };
     match result {

@@ -6,7 +6,7 @@
 //!
 //! ```sh
 //! DATABASE_URL=postgres://postgres@127.0.0.1:5432/app \
-//! KLIKIT_WEBHOOK_SECRET=your-secret cargo run --example durable_postgres --features outbox
+//! KLIKIT_WEBHOOK_SECRET=your-secret cargo run -p klikit-handoff --example durable_postgres --features outbox
 //! ```
 //!
 //! and send a delivery:
@@ -36,10 +36,9 @@
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
 use axum::{Router, routing::post};
+use klikit_handoff::postgres::{OutboxWorker, PostgresOutbox, ProcessError, receive};
 use klikit_webhook::{
-    EventType, KlikitEvent, KlikitWebhookLayer, PostgresStore, SECRET_ENV_VAR, WebhookSecret,
-    handoff::postgres::{OutboxWorker, PostgresOutbox, ProcessError, receive},
-    testing::WEBHOOK_PATH,
+    EventType, KlikitEvent, KlikitWebhookLayer, PostgresStore, SECRET_ENV_VAR, WebhookSecret, testing::WEBHOOK_PATH,
 };
 use sqlx::PgConnection;
 

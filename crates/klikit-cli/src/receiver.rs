@@ -1,5 +1,5 @@
-//! The reference Klikit webhook receiver (feature `receiver`): what
-//! `cargo run --example receiver` and `klikit serve` run.
+//! The reference Klikit webhook receiver: what `klikit serve` and
+//! `cargo run -p klikit-cli --example receiver` run.
 //!
 //! It serves `POST /webhooks/klikit` on `PORT` (default 8080), answers
 //! `200 {"status":"received"}` as soon as the event is queued, and processes
@@ -17,7 +17,8 @@
 //! - `KLIKIT_WEBHOOK_PREVIOUS_SECRET` (optional): also accepted, for rotations.
 //! - `KLIKIT_STORE` (default `klikit-dedup.sqlite3`): the dedup store, see
 //!   [`store_from_spec`]: `memory`, an SQLite path or `sqlite://…`,
-//!   `redis://…` (feature `redis`), `postgres://…` (feature `postgres`).
+//!   `redis://…` (feature `redis`), `postgres://…` (feature `postgres`);
+//!   both features are on by default.
 //! - `PORT` (default 8080) and `BIND` (default `0.0.0.0`).
 //! - `RUST_LOG` (default `info`).
 //!
@@ -26,10 +27,6 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use crate::{
-    DedupStore, EventType, KlikitEvent, KlikitWebhookLayer, MemoryStore, SECRET_ENV_VAR, SqliteStore, WebhookSecret,
-    testing::WEBHOOK_PATH,
-};
 use axum::{
     Json, Router,
     extract::State,
@@ -37,8 +34,14 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
+use klikit_webhook::{
+    DedupStore, EventType, KlikitEvent, KlikitWebhookLayer, MemoryStore, SECRET_ENV_VAR, SqliteStore, WebhookSecret,
+};
 use serde_json::json;
 use tokio::sync::mpsc;
+
+/// The path the receiver serves webhooks on.
+pub const WEBHOOK_PATH: &str = "/webhooks/klikit";
 
 /// How many accepted events may wait for the worker.
 pub const QUEUE_CAPACITY: usize = 1024;
@@ -205,7 +208,7 @@ pub async fn store_from_spec(spec: &str) -> Result<Arc<dyn DedupStore>, Receiver
 #[cfg(feature = "redis")]
 async fn redis_store(url: &str) -> Result<Arc<dyn DedupStore>, ReceiverError> {
     // The URL may hold a password: never log it.
-    let store = crate::RedisStore::connect(url)
+    let store = klikit_webhook::RedisStore::connect(url)
         .await
         .map_err(|e| ReceiverError::Store(format!("{STORE_ENV_VAR}: cannot connect to Redis: {e}")))?;
     tracing::info!(prefix = store.prefix(), "dedup store: redis");
@@ -222,7 +225,7 @@ async fn redis_store(_url: &str) -> Result<Arc<dyn DedupStore>, ReceiverError> {
 #[cfg(feature = "postgres")]
 async fn postgres_store(url: &str) -> Result<Arc<dyn DedupStore>, ReceiverError> {
     // The URL may hold a password: never log it.
-    let store = crate::PostgresStore::connect(url)
+    let store = klikit_webhook::PostgresStore::connect(url)
         .await
         .map_err(|e| ReceiverError::Store(format!("{STORE_ENV_VAR}: cannot connect to Postgres: {e}")))?;
     store

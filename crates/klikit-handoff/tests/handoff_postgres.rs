@@ -37,9 +37,9 @@ use axum::{
 };
 use futures_util::{StreamExt, future::BoxFuture};
 use http_body_util::BodyExt;
+use klikit_handoff::postgres::{OutboxError, OutboxWorker, PostgresOutbox, ProcessError, receive};
 use klikit_webhook::{
     ConfigError, EventType, KlikitEvent, KlikitWebhookLayer, PostgresStore, WebhookSecret,
-    handoff::postgres::{OutboxError, OutboxWorker, PostgresOutbox, ProcessError, receive},
     store::{Claim, DedupStore},
     testing::{WEBHOOK_PATH, signed_request},
 };

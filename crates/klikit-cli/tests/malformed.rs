@@ -13,10 +13,8 @@
 //!
 //! All rows run even when one fails; the failures are listed together.
 
-#![cfg(feature = "receiver")]
-
-// The example receiver's router now lives in the library (feature `receiver`).
-use klikit_webhook::receiver;
+// The example receiver's router lives in the klikit-cli crate.
+use klikit_cli::receiver;
 
 use std::{fmt::Write as _, net::SocketAddr, sync::Arc, time::Duration};
 

@@ -2,9 +2,7 @@
 //! raw HTTP/1.1 client that behaves like a sender: it writes the whole
 //! request, body included, before it reads the answer.
 
-#![cfg(feature = "receiver")]
-
-use klikit_webhook::receiver;
+use klikit_cli::receiver;
 
 use std::{net::SocketAddr, time::Duration};
 

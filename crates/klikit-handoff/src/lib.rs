@@ -3,8 +3,8 @@
 //!
 //! Klikit waits at most 10 s for a 2xx and recommends answering in under a
 //! second and doing the real work in the background. Doing the work in the
-//! background of the *same* process (a channel and a task, as in
-//! `examples/receiver.rs`) loses every event still queued when that process
+//! background of the *same* process (a channel and a task, as in the
+//! reference receiver of `klikit-cli`) loses every event still queued when that process
 //! dies: the 2xx already completed the dedup claim, so Klikit never sends it
 //! again. The durable hand-off closes that gap:
 //!
@@ -32,7 +32,7 @@
 //!   window (a Klikit retry after a publish that succeeded but whose PubAck
 //!   was lost, two receiver replicas without a shared dedup store, an operator
 //!   replay) is stored once. Keep that window at least as long as the layer's
-//!   [retention](crate::KlikitWebhookLayer::with_retention).
+//!   [retention](klikit_webhook::KlikitWebhookLayer::with_retention).
 //! - **The worker acknowledges after processing.** The worker acks a message
 //!   only after your processing returned `Ok`. A worker that crashes, hangs or
 //!   loses its connection before the ack gets the message redelivered (after
@@ -57,8 +57,8 @@
 //!
 //! | feature | module | broker |
 //! |---|---|---|
-//! | `nats` | `handoff::nats` | NATS JetStream: `JetStreamHandoff` publishes, `JetStreamWorker` processes |
-//! | `outbox` | `handoff::postgres` | a Postgres outbox table: `PostgresOutbox` enqueues, `OutboxWorker` processes |
+//! | `nats` | `nats` | NATS JetStream: `JetStreamHandoff` publishes, `JetStreamWorker` processes |
+//! | `outbox` | `postgres` | a Postgres outbox table: `PostgresOutbox` enqueues, `OutboxWorker` processes |
 //!
 //! The Postgres outbox needs no broker when the dedup store is already a
 //! `PostgresStore`, and goes one step further than a broker: the queued event
@@ -69,7 +69,21 @@
 //! LOCKED`: a killed worker's rows are simply pending again, and parallel
 //! workers never share a row. `tests/handoff_postgres.rs` kills workers
 //! mid-batch and checks every event's effect exists exactly once.
+//!
+//! The default feature `axum` adds each engine's `receive`, a ready-made
+//! axum handler, and `IntoResponse` for its error.
+//!
+//! Both engines live in this one crate, behind one feature each, because
+//! they share what a hand-off is: [`ProcessError`] (the worker's
+//! retry-or-give-up answer), the 200/503 answer of the `receive` handlers,
+//! and the worker's retry backoff.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+mod common;
 #[cfg(feature = "nats")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
 pub mod nats;
@@ -78,81 +92,4 @@ pub mod nats;
 #[cfg_attr(docsrs, doc(cfg(feature = "outbox")))]
 pub mod postgres;
 
-/// Why a worker's processing of an event failed, and whether to try again.
-///
-/// Shared by the workers of every hand-off:
-///
-/// - [`retry`](Self::retry): a transient failure (POS busy, database down).
-///   The worker gives the event back and takes it again after a delay that
-///   grows with each failure, up to the worker's attempt limit (NATS: a
-///   delayed nak; Postgres: the savepoint is rolled back and `attempts`
-///   counted).
-/// - [`permanent`](Self::permanent): the event can never be processed (a body
-///   that does not parse, say). It is not taken again and is kept for
-///   inspection or a manual replay (NATS: terminated, still in the stream;
-///   Postgres: the row's `failed_at` is set).
-///
-/// ```
-/// use klikit_webhook::handoff::ProcessError;
-///
-/// let error = ProcessError::retry(std::io::Error::other("pos unreachable"));
-/// assert!(error.is_retryable());
-/// assert!(!ProcessError::permanent(std::io::Error::other("not JSON")).is_retryable());
-/// ```
-#[derive(Debug, thiserror::Error)]
-#[error("{} processing failure: {source}", failure_kind(.retry))]
-pub struct ProcessError {
-    retry: bool,
-    #[source]
-    source: crate::store::BoxError,
-}
-
-fn failure_kind(retry: &bool) -> &'static str {
-    if *retry { "transient" } else { "permanent" }
-}
-
-impl ProcessError {
-    /// A transient failure: take the event again later.
-    pub fn retry(error: impl Into<crate::store::BoxError>) -> Self {
-        Self {
-            retry: true,
-            source: error.into(),
-        }
-    }
-
-    /// A permanent failure: do not take the event again.
-    pub fn permanent(error: impl Into<crate::store::BoxError>) -> Self {
-        Self {
-            retry: false,
-            source: error.into(),
-        }
-    }
-
-    /// Whether the event will be taken again.
-    pub fn is_retryable(&self) -> bool {
-        self.retry
-    }
-}
-
-/// The answer of the hand-off handlers: `200 {"status":"received"}` once the
-/// event is durably handed off, otherwise 503 with `Retry-After: 5` so that
-/// the layer releases the claim and Klikit retries.
-#[cfg(all(feature = "axum", any(feature = "nats", feature = "outbox")))]
-pub(crate) fn answer<T, E: std::fmt::Display>(handed_off: Result<T, E>) -> axum::response::Response {
-    use axum::{
-        http::{StatusCode, header},
-        response::IntoResponse,
-    };
-    match handed_off {
-        Ok(_) => ([(header::CONTENT_TYPE, "application/json")], r#"{"status":"received"}"#).into_response(),
-        Err(error) => {
-            tracing::error!(%error, "klikit event hand-off failed; answering 503 so Klikit retries");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [(header::RETRY_AFTER, "5"), (header::CONTENT_TYPE, "application/json")],
-                r#"{"error":"event hand-off unavailable"}"#,
-            )
-                .into_response()
-        }
-    }
-}
+pub use common::ProcessError;

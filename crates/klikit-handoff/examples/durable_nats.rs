@@ -5,7 +5,7 @@
 //!
 //! ```sh
 //! nats-server -js &
-//! KLIKIT_WEBHOOK_SECRET=your-secret cargo run --example durable_nats --features nats
+//! KLIKIT_WEBHOOK_SECRET=your-secret cargo run -p klikit-handoff --example durable_nats --features nats
 //! ```
 //!
 //! and send a delivery:
@@ -41,10 +41,9 @@ use std::{
 };
 
 use axum::{Router, routing::post};
+use klikit_handoff::nats::{JetStreamHandoff, JetStreamWorker, ProcessError, receive};
 use klikit_webhook::{
-    EventType, KlikitEvent, KlikitWebhookLayer, SECRET_ENV_VAR, WebhookSecret,
-    handoff::nats::{JetStreamHandoff, JetStreamWorker, ProcessError, receive},
-    testing::WEBHOOK_PATH,
+    EventType, KlikitEvent, KlikitWebhookLayer, SECRET_ENV_VAR, WebhookSecret, testing::WEBHOOK_PATH,
 };
 
 fn env_or(name: &str, default: &str) -> String {

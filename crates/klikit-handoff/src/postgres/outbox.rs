@@ -1,0 +1,374 @@
+//! The receiver side: [`PostgresOutbox`] queues, [`receive`] answers Klikit.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use klikit_webhook::{
+    ConfigError, KlikitEvent, PostgresStore,
+    store::{sql::validate_identifier, ttl_millis},
+};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool};
+
+use super::{OutboxDedupStore, OutboxError};
+
+/// Queues verified Klikit events in a Postgres table (the outbox).
+///
+/// Cheap to clone (one `Arc` and a pool handle); clone it into every
+/// handler. See the [module docs](super) for the table, the transaction it
+/// shares with the dedup store, and an example.
+#[derive(Clone)]
+#[must_use]
+pub struct PostgresOutbox {
+    pub(super) pool: PgPool,
+    pub(super) inner: Arc<OutboxConfig>,
+}
+
+#[derive(Clone)]
+pub(super) struct OutboxConfig {
+    schema: Option<Arc<str>>,
+    pub(super) table: Arc<str>,
+    pub(super) sql: Arc<Statements>,
+    dedup: Option<(PostgresStore, Duration)>,
+    enqueue_timeout: Duration,
+}
+
+pub(super) struct Statements {
+    create_table: String,
+    create_index: String,
+    enqueue: String,
+    pub(super) take: String,
+    pub(super) mark_processed: String,
+    pub(super) mark_retry: String,
+    pub(super) mark_failed: String,
+    purge: String,
+    pending: String,
+}
+
+impl Statements {
+    fn new(schema: Option<&str>, table: &str) -> Self {
+        let t = match schema {
+            Some(schema) => format!(r#""{schema}"."{table}""#),
+            None => format!(r#""{table}""#),
+        };
+        let pending = "processed_at IS NULL AND failed_at IS NULL";
+        Self {
+            create_table: format!(
+                "CREATE TABLE IF NOT EXISTS {t} (\
+                 id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, \
+                 event_id text COLLATE \"C\" NOT NULL UNIQUE, \
+                 event_type text NOT NULL, \
+                 body bytea NOT NULL, \
+                 enqueued_at timestamptz NOT NULL DEFAULT now(), \
+                 available_at timestamptz NOT NULL DEFAULT now(), \
+                 attempts integer NOT NULL DEFAULT 0, \
+                 last_error text, \
+                 processed_at timestamptz, \
+                 failed_at timestamptz)"
+            ),
+            create_index: format!(r#"CREATE INDEX IF NOT EXISTS "{table}_pending_idx" ON {t} (id) WHERE {pending}"#),
+            enqueue: format!(
+                "INSERT INTO {t} (event_id, event_type, body) VALUES ($1, $2, $3) ON CONFLICT (event_id) DO NOTHING"
+            ),
+            take: format!(
+                "SELECT id, event_id, event_type, body, attempts FROM {t} \
+                 WHERE {pending} AND available_at <= now() \
+                 ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
+            ),
+            mark_processed: format!("UPDATE {t} SET processed_at = now() WHERE id = ANY($1)"),
+            mark_retry: format!(
+                "UPDATE {t} SET attempts = attempts + 1, last_error = $2, \
+                 available_at = now() + $3::bigint * interval '1 millisecond' WHERE id = $1"
+            ),
+            mark_failed: format!(
+                "UPDATE {t} SET attempts = attempts + 1, last_error = $2, failed_at = now() WHERE id = $1"
+            ),
+            purge: format!(
+                "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} \
+                 WHERE processed_at < now() - $1::bigint * interval '1 millisecond' \
+                 LIMIT $2 FOR UPDATE SKIP LOCKED)"
+            ),
+            pending: format!("SELECT count(*) FROM {t} WHERE {pending}"),
+        }
+    }
+}
+
+pub(super) fn query(sql: &str) -> sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(AssertSqlSafe(sql))
+}
+
+impl PostgresOutbox {
+    /// The default table name.
+    pub const DEFAULT_TABLE: &'static str = "klikit_webhook_outbox";
+    /// The default time limit of one [`enqueue`](Self::enqueue), commit
+    /// included: 3 s. The layer may already have spent up to 5 s reading the
+    /// body, and Klikit stops waiting at 10 s; a 503 that arrives in time is
+    /// retried sooner than a 200 that arrives late.
+    pub const DEFAULT_ENQUEUE_TIMEOUT: Duration = Duration::from_secs(3);
+    /// How many processed rows [`purge_processed`](Self::purge_processed)
+    /// deletes per statement.
+    pub const PURGE_BATCH: i64 = 1000;
+
+    /// An outbox in the table [`DEFAULT_TABLE`](Self::DEFAULT_TABLE) of
+    /// `pool`'s database. Call [`migrate`](Self::migrate) (once) before the
+    /// first delivery.
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            inner: Arc::new(OutboxConfig {
+                schema: None,
+                table: Arc::from(Self::DEFAULT_TABLE),
+                sql: Arc::new(Statements::new(None, Self::DEFAULT_TABLE)),
+                dedup: None,
+                enqueue_timeout: Self::DEFAULT_ENQUEUE_TIMEOUT,
+            }),
+        }
+    }
+
+    fn config_mut(&mut self) -> &mut OutboxConfig {
+        Arc::make_mut(&mut self.inner)
+    }
+
+    /// Uses the table `table` instead of [`DEFAULT_TABLE`](Self::DEFAULT_TABLE).
+    ///
+    /// The name is quoted, so it is case-sensitive. Names up to 51 bytes keep
+    /// the index name (`<table>_pending_idx`) within Postgres' 63 bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::InvalidIdentifier`] unless `table` matches
+    /// `[A-Za-z_][A-Za-z0-9_]*` and is at most 63 bytes long.
+    pub fn with_table(mut self, table: &str) -> Result<Self, ConfigError> {
+        validate_identifier(table)?;
+        let config = self.config_mut();
+        config.table = Arc::from(table);
+        config.sql = Arc::new(Statements::new(config.schema.as_deref(), table));
+        Ok(self)
+    }
+
+    /// Puts the table in `schema` (which must exist) instead of the first
+    /// schema of the `search_path`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::InvalidIdentifier`] unless `schema` matches
+    /// `[A-Za-z_][A-Za-z0-9_]*` and is at most 63 bytes long.
+    pub fn with_schema(mut self, schema: &str) -> Result<Self, ConfigError> {
+        validate_identifier(schema)?;
+        let config = self.config_mut();
+        config.schema = Some(Arc::from(schema));
+        config.sql = Arc::new(Statements::new(Some(schema), &config.table));
+        Ok(self)
+    }
+
+    /// Marks the dedup claim done, remembered for `retention`, in the same
+    /// transaction as every [`enqueue`](Self::enqueue) (see the
+    /// [module docs](super)).
+    ///
+    /// `store` must be the layer's store and live in the same database as
+    /// this outbox (the transaction runs on this outbox's pool). Pass the
+    /// layer's [retention](klikit_webhook::KlikitWebhookLayer::with_retention)
+    /// ([`KlikitWebhookLayer::DEFAULT_RETENTION`](klikit_webhook::KlikitWebhookLayer::DEFAULT_RETENTION) unless you changed it), and
+    /// give the layer [`dedup_store`](Self::dedup_store).
+    pub fn with_dedup(mut self, store: PostgresStore, retention: Duration) -> Self {
+        self.config_mut().dedup = Some((store, retention));
+        self
+    }
+
+    /// The time limit of one [`enqueue`](Self::enqueue), commit included
+    /// (default [`DEFAULT_ENQUEUE_TIMEOUT`](Self::DEFAULT_ENQUEUE_TIMEOUT)).
+    pub fn with_enqueue_timeout(mut self, timeout: Duration) -> Self {
+        self.config_mut().enqueue_timeout = timeout;
+        self
+    }
+
+    /// The store to give the layer when [`with_dedup`](Self::with_dedup) is
+    /// set: see [`OutboxDedupStore`].
+    ///
+    /// # Errors
+    ///
+    /// [`OutboxError::NoDedupStore`] without [`with_dedup`](Self::with_dedup).
+    pub fn dedup_store(&self) -> Result<OutboxDedupStore, OutboxError> {
+        match &self.inner.dedup {
+            Some((store, _)) => Ok(OutboxDedupStore::new(store.clone())),
+            None => Err(OutboxError::NoDedupStore),
+        }
+    }
+
+    /// The table name.
+    pub fn table(&self) -> &str {
+        &self.inner.table
+    }
+
+    /// The schema, if one was set.
+    pub fn schema(&self) -> Option<&str> {
+        self.inner.schema.as_deref()
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Creates the table and its index if they do not exist (the SQL is in
+    /// the [module docs](super)). Safe to run from several instances at once:
+    /// it holds a transaction-level advisory lock named after the table.
+    ///
+    /// It does not create the dedup store's table; run
+    /// [`PostgresStore::migrate`] for that.
+    ///
+    /// # Errors
+    ///
+    /// [`OutboxError::Database`] if a statement fails, for instance for lack
+    /// of the `CREATE` privilege.
+    pub async fn migrate(&self) -> Result<(), OutboxError> {
+        let config = &self.inner;
+        let lock_name = format!(
+            "klikit_webhook.outbox.migrate.{}.{}",
+            config.schema.as_deref().unwrap_or(""),
+            config.table
+        );
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+            .bind(lock_name)
+            .execute(&mut *tx)
+            .await?;
+        for statement in [&config.sql.create_table, &config.sql.create_index] {
+            query(statement).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Queues the event and, with [`with_dedup`](Self::with_dedup), marks its
+    /// dedup claim done, in one transaction; returns once it committed.
+    ///
+    /// Returns `true` if the event was queued now and `false` if a row with
+    /// the same event id was already there (a redelivery: nothing changes in
+    /// the outbox). Answer Klikit's 2xx only after this returned `Ok`.
+    ///
+    /// # Errors
+    ///
+    /// - [`OutboxError::Database`] / [`OutboxError::Store`] if a statement
+    ///   or the commit failed: nothing was committed;
+    /// - [`OutboxError::Timeout`] if it did not finish within the
+    ///   [enqueue timeout](Self::with_enqueue_timeout). The commit may still
+    ///   have happened; then the retry is answered as a duplicate (with
+    ///   [`with_dedup`](Self::with_dedup)) or not queued again.
+    pub async fn enqueue(&self, event: &KlikitEvent) -> Result<bool, OutboxError> {
+        let timeout = self.inner.enqueue_timeout;
+        let work = async {
+            let mut tx = self.pool.begin().await?;
+            let queued = self.enqueue_in(&mut tx, event).await?;
+            tx.commit().await?;
+            Ok::<_, OutboxError>(queued)
+        };
+        let queued = match tokio::time::timeout(timeout, work).await {
+            Ok(result) => result?,
+            Err(_) => return Err(OutboxError::Timeout(timeout)),
+        };
+        tracing::debug!(event_id = %event.id(), queued, table = %self.inner.table, "klikit event handed off to the outbox");
+        Ok(queued)
+    }
+
+    /// [`enqueue`](Self::enqueue) inside **your** transaction: queues the
+    /// event and, with [`with_dedup`](Self::with_dedup), marks the dedup
+    /// claim done, through `conn`, without committing.
+    ///
+    /// Use it to write more in the same transaction (your own record of the
+    /// delivery, say). Commit before answering 2xx. Returns whether the
+    /// event was queued now (`false`: it was already in the outbox).
+    ///
+    /// # Errors
+    ///
+    /// [`OutboxError::Database`] or [`OutboxError::Store`] if a statement
+    /// failed; roll the transaction back.
+    pub async fn enqueue_in(&self, conn: &mut PgConnection, event: &KlikitEvent) -> Result<bool, OutboxError> {
+        let config = &self.inner;
+        // Outbox first, then the dedup row: every path takes the two locks
+        // in this order, so concurrent deliveries of one id cannot deadlock.
+        let queued = query(&config.sql.enqueue)
+            .bind(event.id().as_str())
+            .bind(event.event_type().as_str())
+            .bind(event.body().as_ref())
+            .execute(&mut *conn)
+            .await?
+            .rows_affected()
+            == 1;
+        if let Some((store, retention)) = &config.dedup {
+            store.complete_event_in(conn, event.id(), *retention).await?;
+        }
+        Ok(queued)
+    }
+
+    /// How many events wait to be processed (neither processed nor given
+    /// up), including those waiting for a retry delay.
+    ///
+    /// # Errors
+    ///
+    /// [`OutboxError::Database`] if the query fails.
+    pub async fn pending(&self) -> Result<i64, OutboxError> {
+        Ok(sqlx::query_scalar(AssertSqlSafe(self.inner.sql.pending.as_str()))
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// Deletes the rows processed more than `older_than` ago,
+    /// [`PURGE_BATCH`](Self::PURGE_BATCH) per statement, and returns how many
+    /// it deleted. Rows given up on (`failed_at`) are kept for inspection.
+    ///
+    /// Keep processed rows at least as long as the layer's retention: while a
+    /// row is there, a redelivery of its event id is not queued again, even
+    /// without [`with_dedup`](Self::with_dedup) or once the dedup record is
+    /// gone.
+    ///
+    /// # Errors
+    ///
+    /// [`OutboxError::Database`] if a statement fails; rows deleted by earlier
+    /// batches stay deleted.
+    pub async fn purge_processed(&self, older_than: Duration) -> Result<u64, OutboxError> {
+        let mut total = 0;
+        loop {
+            let deleted = query(&self.inner.sql.purge)
+                .bind(ttl_millis(older_than))
+                .bind(Self::PURGE_BATCH)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+            total += deleted;
+            if deleted < Self::PURGE_BATCH.unsigned_abs() {
+                return Ok(total);
+            }
+        }
+    }
+}
+
+impl fmt::Debug for PostgresOutbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let config = &self.inner;
+        f.debug_struct("PostgresOutbox")
+            .field("schema", &config.schema)
+            .field("table", &config.table)
+            .field("dedup", &config.dedup)
+            .field("enqueue_timeout", &config.enqueue_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An axum handler that queues the event in the outbox and answers Klikit.
+///
+/// - `200 {"status":"received"}` once the enqueue committed (the layer then
+///   completes the dedup claim, which [`PostgresOutbox::with_dedup`] already
+///   did in the same transaction);
+/// - `503` with `Retry-After: 5` if it did not (the layer releases the claim
+///   and Klikit retries); see [`OutboxError`].
+///
+/// Route it behind [`KlikitWebhookLayer`](klikit_webhook::KlikitWebhookLayer) with a [`PostgresOutbox`] as the
+/// state, or as a part of your state through `axum::extract::FromRef`. See
+/// the [module docs](super) for an example.
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub async fn receive(
+    axum::extract::State(outbox): axum::extract::State<PostgresOutbox>,
+    event: KlikitEvent,
+) -> axum::response::Response {
+    crate::common::answer(outbox.enqueue(&event).await)
+}

@@ -161,30 +161,50 @@ pub use sqlite::SqliteStore;
 /// Longer durations are shortened to this.
 pub const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
 
-/// Runs `cleanup` every `period` (first at once) on a tokio task, logging
-/// what it deleted, and failures at `WARN`: the body of the SQL stores'
-/// `spawn_cleanup`.
+/// Runs `cleanup(store)` every `period` (first at once) on a tokio task,
+/// logging what it deleted, and failures at `WARN`: the body of the SQL
+/// stores' `spawn_cleanup`.
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
-pub(crate) fn spawn_cleanup_loop<F, Fut>(
+pub(crate) fn spawn_cleanup_loop<S, Fut>(
     period: Duration,
     table: std::sync::Arc<str>,
-    mut cleanup: F,
+    store: S,
+    cleanup: fn(S) -> Fut,
 ) -> tokio::task::JoinHandle<()>
 where
-    F: FnMut() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<u64>> + Send,
+    S: Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<u64>> + Send + 'static,
 {
     let mut interval = tokio::time::interval(period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::spawn(async move {
         loop {
             interval.tick().await;
-            match cleanup().await {
+            match cleanup(store.clone()).await {
                 Ok(deleted) => tracing::debug!(deleted, table = %table, "dedup cleanup"),
                 Err(error) => tracing::warn!(%error, table = %table, "dedup cleanup failed"),
             }
         }
     })
+}
+
+/// Runs `delete_batch` (one statement deleting at most `batch` expired rows)
+/// until a batch deletes fewer than `batch` rows, and returns the total: the
+/// body of the SQL stores' `cleanup`. Batches keep each statement short, so
+/// claims get the write lock in between.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) async fn delete_in_batches<Fut>(batch: i64, mut delete_batch: impl FnMut() -> Fut) -> Result<u64>
+where
+    Fut: std::future::Future<Output = std::result::Result<u64, sqlx::Error>>,
+{
+    let mut total = 0;
+    loop {
+        let deleted = delete_batch().await.map_err(StoreError::backend)?;
+        total += deleted;
+        if deleted < batch.unsigned_abs() {
+            return Ok(total);
+        }
+    }
 }
 
 /// `duration` in whole milliseconds, clamped to `1..=`[`MAX_TTL`]: how the

@@ -281,19 +281,14 @@ impl PostgresStore {
     /// Returns a [`StoreError`] if a statement fails; rows deleted by earlier
     /// batches stay deleted.
     pub async fn cleanup(&self) -> Result<u64> {
-        let mut total = 0;
-        loop {
-            let deleted = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.cleanup)))
+        super::delete_in_batches(Self::CLEANUP_BATCH, || async {
+            let done = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.cleanup)))
                 .bind(Self::CLEANUP_BATCH)
                 .execute(&self.pool)
-                .await
-                .map_err(StoreError::backend)?
-                .rows_affected();
-            total += deleted;
-            if deleted < Self::CLEANUP_BATCH.unsigned_abs() {
-                return Ok(total);
-            }
-        }
+                .await?;
+            Ok(done.rows_affected())
+        })
+        .await
     }
 
     /// Runs [`cleanup`](Self::cleanup) every `period` (first at once) on a
@@ -304,10 +299,8 @@ impl PostgresStore {
     ///
     /// If called outside a tokio runtime, or if `period` is zero.
     pub fn spawn_cleanup(&self, period: Duration) -> tokio::task::JoinHandle<()> {
-        let store = self.clone();
-        super::spawn_cleanup_loop(period, Arc::clone(&self.table), move || {
-            let store = store.clone();
-            async move { store.cleanup().await }
+        super::spawn_cleanup_loop(period, Arc::clone(&self.table), self.clone(), |store| async move {
+            store.cleanup().await
         })
     }
 }

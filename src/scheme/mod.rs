@@ -229,18 +229,22 @@ impl fmt::Debug for Delivery {
 /// The decoded HMAC-SHA256 signatures one delivery carries: one to
 /// [`MAX_SIGNATURES`]. A delivery verifies when any of them matches any
 /// configured secret.
+///
+/// One signature (the common case) is held inline; several (during a
+/// sender's rotation) on the heap, so a delivery stays small to move.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Signatures {
-    list: [[u8; 32]; MAX_SIGNATURES],
-    len: usize,
+pub struct Signatures(Repr);
+
+#[derive(Clone, PartialEq, Eq)]
+enum Repr {
+    One([u8; 32]),
+    Many(Box<[[u8; 32]]>),
 }
 
 impl Signatures {
     /// One signature.
     pub fn one(signature: [u8; 32]) -> Self {
-        let mut list = [[0; 32]; MAX_SIGNATURES];
-        list[0] = signature;
-        Self { list, len: 1 }
+        Self(Repr::One(signature))
     }
 
     /// Collects signatures.
@@ -249,33 +253,38 @@ impl Signatures {
     ///
     /// [`SignatureError::Malformed`] for none, or more than [`MAX_SIGNATURES`].
     pub fn collect(signatures: impl IntoIterator<Item = [u8; 32]>) -> Result<Self, SignatureError> {
-        let mut list = [[0; 32]; MAX_SIGNATURES];
-        let mut len = 0;
+        let mut list = Vec::new();
         for signature in signatures {
-            *list.get_mut(len).ok_or(SignatureError::Malformed)? = signature;
-            len += 1;
+            if list.len() == MAX_SIGNATURES {
+                return Err(SignatureError::Malformed);
+            }
+            list.push(signature);
         }
-        if len == 0 {
-            return Err(SignatureError::Malformed);
+        match list.as_slice() {
+            [] => Err(SignatureError::Malformed),
+            [one] => Ok(Self::one(*one)),
+            _ => Ok(Self(Repr::Many(list.into_boxed_slice()))),
         }
-        Ok(Self { list, len })
     }
 
     /// The signatures.
     pub fn as_slice(&self) -> &[[u8; 32]] {
-        &self.list[..self.len]
+        match &self.0 {
+            Repr::One(one) => std::slice::from_ref(one),
+            Repr::Many(many) => many,
+        }
     }
 
     /// How many there are (at least one).
     #[allow(clippy::len_without_is_empty)] // never empty
     pub fn len(&self) -> usize {
-        self.len
+        self.as_slice().len()
     }
 }
 
 impl fmt::Debug for Signatures {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Signatures([{} redacted])", self.len)
+        write!(f, "Signatures([{} redacted])", self.len())
     }
 }
 

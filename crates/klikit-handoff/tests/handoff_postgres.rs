@@ -1,8 +1,8 @@
 //! The Postgres outbox hand-off against a real Postgres at `DATABASE_URL`
 //! (default `postgres://postgres@127.0.0.1:5432/test`).
 //!
-//! Every test makes its own randomly named tables and drops them at the end,
-//! whether the test passed or not. If the server cannot be reached, a test
+//! Every test makes its own randomly named tables and drops them (and an
+//! outbox's dead-letter table) at the end, whether the test passed or not. If the server cannot be reached, a test
 //! fails when `CI` is set and otherwise prints `SKIPPED: ...` to stderr and
 //! returns.
 //!
@@ -13,6 +13,8 @@
 #![cfg(feature = "outbox")]
 
 mod common;
+#[path = "handoff_postgres/poison.rs"]
+mod poison;
 
 use std::{
     collections::BTreeMap,
@@ -78,14 +80,14 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}_{:016x}", hasher.finish())
 }
 
-/// Runs `body`, then drops `tables` whatever happened, then re-raises a
-/// panic of `body`.
+/// Runs `body`, then drops `tables` and their dead-letter tables
+/// (`<table>_dead`) whatever happened, then re-raises a panic of `body`.
 async fn with_cleanup<F>(pool: &PgPool, tables: &[&str], body: F)
 where
     F: Future<Output = ()> + Send + 'static,
 {
     let outcome = tokio::spawn(body).await;
-    for table in tables {
+    for table in tables.iter().flat_map(|t| [t.to_string(), format!("{t}_dead")]) {
         if let Err(error) = sqlx::query(AssertSqlSafe(format!(r#"DROP TABLE IF EXISTS "{table}""#)))
             .execute(pool)
             .await
@@ -438,13 +440,26 @@ async fn worker_retries_gives_up_and_rolls_back_failed_effects() {
         assert_eq!(calls.get("flaky"), Some(&2));
         assert_eq!(calls.get("poison"), Some(&1));
         assert_eq!(effects, ["flaky", "ok"], "failed attempts rolled back their effects");
-        let failed: (i64, i64) = sqlx::query_as(AssertSqlSafe(format!(
-            r#"SELECT count(*) FILTER (WHERE failed_at IS NOT NULL), count(*) FILTER (WHERE processed_at IS NOT NULL) FROM "{t}""#
+        let processed = scalar(
+            &db,
+            format!(r#"SELECT count(*) FROM "{t}" WHERE processed_at IS NOT NULL"#),
+        )
+        .await;
+        let dead: Vec<(String, i32)> = sqlx::query_as(AssertSqlSafe(format!(
+            r#"SELECT event_id, attempts FROM "{}""#,
+            outbox.dead_letter_table()
         )))
-        .fetch_one(&db)
+        .fetch_all(&db)
         .await
-        .expect("states");
-        assert_eq!(failed, (1, 2), "poison given up, ok and flaky processed");
+        .expect("dead letters");
+        assert_eq!(processed, 2, "ok and flaky processed");
+        assert_eq!(
+            dead,
+            [("poison".to_owned(), 1)],
+            "poison given up after one attempt, dead-lettered"
+        );
+        // A redelivery of a dead-lettered event is not queued again.
+        assert!(!outbox.enqueue(&event("poison", order_body(1))).await.expect("enqueue"));
         assert_eq!(outbox.pending().await.expect("pending"), 0);
         assert_eq!(outbox.purge_processed(Duration::ZERO).await.expect("purge"), 2);
     })
@@ -454,7 +469,7 @@ async fn worker_retries_gives_up_and_rolls_back_failed_effects() {
 // ---------------------------------------------------------------------------
 // Full path: signed deliveries -> layer (PostgresStore) -> handler (enqueue +
 // dedup completion in one transaction) -> outbox -> worker processes that are
-// SIGKILLed mid-batch and restarted.
+// SIGKILLed mid-row and restarted.
 // ---------------------------------------------------------------------------
 
 const WORKER_ENV: &str = "KLIKIT_TEST_OUTBOX_WORKER";
@@ -473,7 +488,7 @@ fn say(line: &str) {
 /// worker's transaction. That table has **no** unique key: an event
 /// processed twice would show up as two rows. It prints `CALLED <id>` per
 /// call (before the commit) and, on call number `hang_after`, `HANGING <id>`
-/// and then waits forever, holding its batch's locks and uncommitted effects.
+/// and then waits forever, holding its row's lock and uncommitted effect.
 #[tokio::test]
 #[ignore = "child process of full_path_worker_killed_mid_batch_processes_every_event_once"]
 async fn outbox_worker_process_entry() {
@@ -493,8 +508,10 @@ async fn outbox_worker_process_entry() {
         .expect("connect");
     let outbox = PostgresOutbox::new(pool).with_table(table).expect("table");
     let worker = OutboxWorker::new(&outbox)
-        .with_batch_size(5) // BATCH of the test
-        .with_poll_interval(Duration::from_millis(20));
+        .with_batch_size(5)
+        .with_poll_interval(Duration::from_millis(20))
+        // The killed workers' rows are taken again this soon.
+        .with_lease(Duration::from_secs(1));
     let insert = Arc::new(format!(
         r#"INSERT INTO "{effects}" (event_id, pid, body) VALUES ($1, $2, $3)"#
     ));
@@ -515,7 +532,7 @@ async fn outbox_worker_process_entry() {
                 let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
                 say(&format!("CALLED {}", event.id()));
                 if n == hang_after {
-                    // The worst moment to die: effects written, batch not committed.
+                    // The worst moment to die: effect written, not committed.
                     say(&format!("HANGING {}", event.id()));
                     std::future::pending::<()>().await;
                 }
@@ -635,7 +652,6 @@ async fn full_path_worker_killed_mid_batch_processes_every_event_once() {
         const N: usize = 300;
         const HANG_AFTER: usize = 43;
         const KILL_SECOND_AFTER: usize = 82;
-        const BATCH: usize = 5;
         let started = Instant::now();
         let (_store, outbox) = store_and_outbox(&db, &d, &t).await;
         sqlx::query(AssertSqlSafe(format!(
@@ -696,31 +712,28 @@ async fn full_path_worker_killed_mid_batch_processes_every_event_once() {
         });
 
         let deadline = Instant::now() + Duration::from_secs(20);
-        // Start worker 1 once enough is queued that its batches are full, so
-        // it hangs in the middle of one.
+        // Start worker 1 once enough is queued that it does not run dry
+        // before it hangs.
         while outbox.pending().await.expect("pending") < 2 * HANG_AFTER as i64 {
             assert!(Instant::now() < deadline, "the receiver does not queue");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let mut first = WorkerProcess::spawn(1, &worker_config(HANG_AFTER), lines_tx.clone());
         let mut ledger = Ledger::default();
-        // Worker 1 hangs mid-batch: effects written, nothing committed.
+        // Worker 1 hangs mid-row: its effect written, not committed.
         wait_for(&mut lines, &mut ledger, deadline, |l, _| l.hung.is_some()).await;
         let hung = ledger.hung.clone().expect("hung id");
-        // The calls of the hung batch: batches of BATCH, full, in order.
-        let in_hung_batch: Vec<String> = ledger.called[&1][HANG_AFTER / BATCH * BATCH..].to_vec();
         let row_locked = format!(r#"SELECT 1 FROM "{t}" WHERE event_id = $1 FOR UPDATE NOWAIT"#);
         let locked = sqlx::query(AssertSqlSafe(row_locked.clone()))
             .bind(&hung)
             .fetch_optional(&db)
             .await;
-        assert!(locked.is_err(), "the hung worker holds its batch's row locks");
+        assert!(locked.is_err(), "the hung worker holds its row's lock");
         first.kill();
-        let batch_ids = in_hung_batch.iter().map(|id| format!("'{id}'")).collect::<Vec<_>>().join(",");
-        let hung_effects = scalar(&db, format!(r#"SELECT count(*) FROM "{e}" WHERE event_id IN ({batch_ids})"#)).await;
-        let hung_pending = scalar(
+        let hung_effects = scalar(&db, format!(r#"SELECT count(*) FROM "{e}" WHERE event_id = '{hung}'"#)).await;
+        let hung_attempts = scalar(
             &db,
-            format!(r#"SELECT count(*) FROM "{t}" WHERE event_id IN ({batch_ids}) AND processed_at IS NULL"#),
+            format!(r#"SELECT attempts::bigint FROM "{t}" WHERE event_id = '{hung}' AND processed_at IS NULL"#),
         )
         .await;
         // Postgres ends the killed worker's backend (and so its transaction
@@ -738,15 +751,18 @@ async fn full_path_worker_killed_mid_batch_processes_every_event_once() {
         assert!(released.is_some(), "the killed worker's locks are gone within 5 s");
         let committed = scalar(&db, format!(r#"SELECT count(*) FROM "{e}""#)).await;
         eprintln!(
-            "{test}: worker 1 SIGKILLed after {HANG_AFTER} calls, in a batch whose first {} events \
-             {in_hung_batch:?} had their effects written: {committed} effects committed, \
-             {hung_effects} of the hung batch, {hung_pending} of its rows pending again",
-            in_hung_batch.len()
+            "{test}: worker 1 SIGKILLed after {HANG_AFTER} calls, hung on {hung} with its effect written: \
+             {committed} effects committed, {hung_effects} of {hung}, which is pending with {hung_attempts} \
+             attempt(s) counted"
         );
-        assert_eq!(in_hung_batch.len(), HANG_AFTER % BATCH, "hung mid-batch");
-        assert_eq!(committed, (HANG_AFTER / BATCH * BATCH) as i64, "the full batches committed");
-        assert_eq!(hung_effects, 0, "the killed batch's effects were rolled back");
-        assert_eq!(hung_pending, in_hung_batch.len() as i64, "the killed batch's rows are pending again");
+        assert_eq!(ledger.called[&1].len(), HANG_AFTER);
+        assert_eq!(
+            committed,
+            (HANG_AFTER - 1) as i64,
+            "each row before the hung one committed in its own transaction"
+        );
+        assert_eq!(hung_effects, 0, "the killed row's effect was rolled back");
+        assert_eq!(hung_attempts, 1, "the killed row is pending, its attempt counted");
 
         // Worker 2: killed mid-stream, at no particular point of its loop.
         let mut second = WorkerProcess::spawn(2, &worker_config(0), lines_tx.clone());
@@ -777,7 +793,7 @@ async fn full_path_worker_killed_mid_batch_processes_every_event_once() {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        // Anything late (a batch still committing) would show up here.
+        // Anything late (a row still committing) would show up here.
         tokio::time::sleep(Duration::from_millis(300)).await;
         while let Ok((worker, line)) = lines.try_recv() {
             ledger.record(worker, &line);
@@ -823,7 +839,7 @@ async fn full_path_worker_killed_mid_batch_processes_every_event_once() {
             assert_eq!(*n, 1, "{id}: effect exactly once");
             assert_eq!(body, order_body(i).as_bytes(), "{id}: the body as sent");
         }
-        assert!(ledger.calls > N, "the killed batches were processed again");
+        assert!(ledger.calls > N, "the killed rows were processed again");
     })
     .await;
 }

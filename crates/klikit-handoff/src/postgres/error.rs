@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use klikit_webhook::{InvalidEventId, store::StoreError};
 
-/// The outbox could not take the event, or the worker could not run: do not
-/// answer Klikit with a 2xx.
+/// The outbox could not take the event, or the worker could not run, or a
+/// dead letter could not be replayed. From [`enqueue`](super::PostgresOutbox::enqueue):
+/// do not answer Klikit with a 2xx.
 ///
 /// With the `axum` feature it is a response: 503 with `Retry-After: 5` and
 /// `{"error":"event hand-off unavailable"}` (the details are logged, not
@@ -27,6 +28,16 @@ pub enum OutboxError {
     /// [`PostgresOutbox::with_dedup`](super::PostgresOutbox::with_dedup).
     #[error("the outbox has no dedup store; call PostgresOutbox::with_dedup first")]
     NoDedupStore,
+    /// [`PostgresOutbox::replay_dead_letter`](super::PostgresOutbox::replay_dead_letter)
+    /// found a row with the same event id in the outbox.
+    #[error(
+        "cannot replay the dead letter {event_id:?}: the outbox already holds a row with that event id; \
+         delete that row first if the dead letter should replace it"
+    )]
+    ReplayConflict {
+        /// The event id of the dead letter.
+        event_id: String,
+    },
 }
 
 #[cfg(feature = "axum")]

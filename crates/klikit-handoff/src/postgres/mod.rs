@@ -130,10 +130,11 @@
 //! SELECT event_id, event_type, attempts, last_error, dead_at FROM "klikit_webhook_outbox_dead" ORDER BY dead_at;
 //! ```
 //!
-//! and, once what made them fail is fixed, replay them: this moves them back
-//! into the outbox with `attempts = 0` and their original `enqueued_at`,
-//! where a worker takes them like any new row (the `WHERE` clause chooses
-//! them):
+//! and, once what made them fail is fixed, replay one with
+//! [`PostgresOutbox::replay_dead_letter`]: it moves the row back into the
+//! outbox with `attempts = 0` and its original `enqueued_at`, where a worker
+//! takes it like any new row. The same for many rows, in SQL (the `WHERE`
+//! clause chooses them):
 //!
 //! ```sql
 //! WITH replayed AS (

@@ -3,7 +3,7 @@
 use std::{fmt, sync::Arc, time::Duration};
 
 use klikit_webhook::{
-    ConfigError, KlikitEvent, PostgresStore,
+    ConfigError, EventId, KlikitEvent, PostgresStore,
     store::{sql::validate_identifier, ttl_millis},
 };
 use sqlx::{AssertSqlSafe, PgConnection, PgPool};
@@ -42,6 +42,8 @@ pub(super) struct Statements {
     pub(super) mark_processed: String,
     pub(super) mark_retry: String,
     pub(super) dead_letter: String,
+    replay: String,
+    dead_exists: String,
     purge: String,
     pending: String,
 }
@@ -117,6 +119,16 @@ impl Statements {
                  body = EXCLUDED.body, enqueued_at = EXCLUDED.enqueued_at, attempts = EXCLUDED.attempts, \
                  last_error = EXCLUDED.last_error, dead_at = now()"
             ),
+            // As in the module docs: only what was queued again leaves the
+            // dead-letter table.
+            replay: format!(
+                "WITH replayed AS (\
+                 INSERT INTO {t} (event_id, event_type, body, enqueued_at) \
+                 SELECT event_id, event_type, body, enqueued_at FROM {d} WHERE event_id = $1 \
+                 ON CONFLICT (event_id) DO NOTHING RETURNING event_id) \
+                 DELETE FROM {d} WHERE event_id IN (SELECT event_id FROM replayed)"
+            ),
+            dead_exists: format!("SELECT count(*) FROM {d} WHERE event_id = $1"),
             purge: format!(
                 "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} \
                  WHERE processed_at < now() - $1::bigint * interval '1 millisecond' \
@@ -391,6 +403,45 @@ impl PostgresOutbox {
             if deleted < Self::PURGE_BATCH.unsigned_abs() {
                 return Ok(total);
             }
+        }
+    }
+
+    /// Moves the dead letter of `event_id` back into the outbox, where a
+    /// worker takes it again with a fresh attempt count (it keeps its
+    /// `enqueued_at`; its new row id puts it behind the rows queued so far).
+    /// Returns `true` if it was moved and `false` if the dead-letter table has
+    /// no row with that event id. See the [module docs](super) for the same
+    /// in SQL, for many rows at once.
+    ///
+    /// Fix what made it fail first (the closure, the POS, the data):
+    /// otherwise it is dead-lettered again after its attempts.
+    ///
+    /// # Errors
+    ///
+    /// - [`OutboxError::ReplayConflict`] if the outbox already holds a row
+    ///   with that event id; nothing changed;
+    /// - [`OutboxError::Database`] if a statement failed; nothing changed.
+    pub async fn replay_dead_letter(&self, event_id: &EventId) -> Result<bool, OutboxError> {
+        let sql = &self.inner.sql;
+        let replayed = query(&sql.replay)
+            .bind(event_id.as_str())
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
+            == 1;
+        if replayed {
+            tracing::info!(%event_id, table = %self.inner.table, "dead letter queued again");
+            return Ok(true);
+        }
+        let dead: i64 = sqlx::query_scalar(AssertSqlSafe(sql.dead_exists.as_str()))
+            .bind(event_id.as_str())
+            .fetch_one(&self.pool)
+            .await?;
+        match dead {
+            0 => Ok(false),
+            _ => Err(OutboxError::ReplayConflict {
+                event_id: event_id.as_str().to_owned(),
+            }),
         }
     }
 }

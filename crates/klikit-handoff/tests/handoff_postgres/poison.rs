@@ -1,18 +1,22 @@
 //! A row the closure can never process must not stall the good rows behind
 //! it: its attempts are counted even when its failure rolls back, panics or
 //! never finishes, and after the last one it moves to the dead-letter table
-//! `<outbox>_dead`. (`with_cleanup` drops the dead-letter tables.)
+//! `<outbox>_dead`, from where it can be replayed. (`with_cleanup` drops the
+//! dead-letter tables.)
 
 use std::{
     collections::BTreeMap,
     panic::AssertUnwindSafe,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use futures_util::{FutureExt, future::BoxFuture};
-use klikit_handoff::postgres::{OutboxWorker, PostgresOutbox, ProcessError};
-use klikit_webhook::KlikitEvent;
+use klikit_handoff::postgres::{OutboxError, OutboxWorker, PostgresOutbox, ProcessError};
+use klikit_webhook::{EventId, KlikitEvent};
 use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 
 use super::{as_process, event, order_body, pool_or_skip, scalar, unique, with_cleanup};
@@ -358,6 +362,107 @@ async fn attempts_that_never_finish_count_towards_the_limit() {
         assert_eq!((dead[0].0.as_str(), dead[0].1), ("hangs", MAX_ATTEMPTS as i32));
         assert!(dead[0].2.contains("did not finish"), "{:?}", dead[0].2);
         assert_eq!(effects.get("hangs"), None);
+    })
+    .await;
+}
+
+/// A dead letter replayed (once what failed it is fixed) is queued again with
+/// a fresh attempt count and processed once; there is nothing left to replay
+/// after that, and a replay never overwrites a row the outbox holds.
+#[tokio::test]
+async fn replayed_dead_letter_is_processed_once() {
+    let Some(pool) = pool_or_skip().await else {
+        return;
+    };
+    let test = "replayed_dead_letter_is_processed_once";
+    let (table, effects) = (unique("klikit_outbox_t"), unique("klikit_effects_t"));
+    let (t, e) = (table.clone(), effects.clone());
+    let db = pool.clone();
+    with_cleanup(&pool, &[&table, &effects], async move {
+        let outbox = outbox_and_effects(&db, &t, &e).await;
+        outbox.enqueue(&event("broken", order_body(0))).await.expect("enqueue");
+        outbox.enqueue(&event("other", order_body(1))).await.expect("enqueue");
+        let worker = OutboxWorker::new(&outbox)
+            .with_max_attempts(2)
+            .with_retry_delay(Duration::ZERO, Duration::ZERO);
+        let calls = Calls::default();
+        let fixed = Arc::new(AtomicBool::new(false));
+        let is_fixed = fixed.clone();
+        let process = process_with(&e, calls.clone(), move |id, _| {
+            if id == "broken" && !is_fixed.load(Ordering::SeqCst) {
+                Fail::ReturnsError
+            } else {
+                Fail::No
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        drive(&outbox, &worker, &process, Duration::from_secs(5), deadline).await;
+        let dead = dead_letters(&db, &t).await;
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        assert_eq!((dead[0].0.as_str(), dead[0].1), ("broken", 2));
+        let enqueued_at = format!(r#"SELECT (extract(epoch FROM enqueued_at) * 1e6)::bigint FROM "{t}_dead""#);
+        let dead_enqueued_at = scalar(&db, enqueued_at).await;
+        assert!(
+            !outbox.enqueue(&event("broken", order_body(0))).await.expect("enqueue"),
+            "a redelivery of a dead letter is not queued"
+        );
+
+        fixed.store(true, Ordering::SeqCst);
+        let broken: EventId = "broken".parse().expect("id");
+        assert!(outbox.replay_dead_letter(&broken).await.expect("replay"));
+        assert!(
+            dead_letters(&db, &t).await.is_empty(),
+            "replayed: no longer a dead letter"
+        );
+        let row: (i32, i64, bool) = sqlx::query_as(AssertSqlSafe(format!(
+            r#"SELECT attempts, (extract(epoch FROM enqueued_at) * 1e6)::bigint, processed_at IS NULL
+               FROM "{t}" WHERE event_id = 'broken'"#
+        )))
+        .fetch_one(&db)
+        .await
+        .expect("replayed row");
+        assert_eq!(
+            row,
+            (0, dead_enqueued_at, true),
+            "fresh attempts, the original enqueued_at, pending"
+        );
+        assert!(
+            !outbox.replay_dead_letter(&broken).await.expect("replay"),
+            "nothing left to replay"
+        );
+        let never: EventId = "never-dead".parse().expect("id");
+        assert!(!outbox.replay_dead_letter(&never).await.expect("replay"));
+        let rounds = drive(&outbox, &worker, &process, Duration::from_secs(5), deadline).await;
+
+        let effects = effects_per_event(&db, &e).await;
+        let calls = calls.lock().expect("lock").clone();
+        eprintln!("{test}: after the replay, rounds {rounds:?}; calls {calls:?}; effects {effects:?}");
+        assert_eq!(effects.get("broken"), Some(&1), "the replayed event, processed once");
+        assert_eq!(effects.get("other"), Some(&1));
+        assert_eq!(
+            calls.get("broken"),
+            Some(&3),
+            "two failed attempts, then the replay's one"
+        );
+        assert_eq!(outbox.pending().await.expect("pending"), 0);
+
+        // A dead letter whose id the outbox holds (put there by hand) is not
+        // replayed over that row.
+        sqlx::query(AssertSqlSafe(format!(
+            r#"INSERT INTO "{t}_dead" (event_id, id, event_type, body, enqueued_at, attempts, last_error)
+               SELECT event_id, id, event_type, body, enqueued_at, 1, 'by hand' FROM "{t}" WHERE event_id = 'other'"#
+        )))
+        .execute(&db)
+        .await
+        .expect("dead letter by hand");
+        let other: EventId = "other".parse().expect("id");
+        let conflict = outbox.replay_dead_letter(&other).await;
+        eprintln!("{test}: replay over a queued row -> {conflict:?}");
+        assert!(
+            matches!(&conflict, Err(OutboxError::ReplayConflict { event_id }) if event_id == "other"),
+            "{conflict:?}"
+        );
+        assert_eq!(dead_letters(&db, &t).await.len(), 1, "the dead letter stays");
     })
     .await;
 }

@@ -24,8 +24,10 @@
 //! `Retry-After` otherwise (the claim is released and Klikit retries). The
 //! worker writes its effect (a row of `klikit_orders_seen`) in the same
 //! transaction that marks the outbox row processed; kill the process at any
-//! point and restart it: an uncommitted batch is simply taken again, and
-//! every event shows up in `klikit_orders_seen` exactly once.
+//! point and restart it: an uncommitted row is taken again (once its lease,
+//! 30 s by default, ends), and every event shows up in `klikit_orders_seen`
+//! exactly once. An event that keeps failing ends in
+//! `klikit_webhook_outbox_dead` (see the `postgres` module docs to replay it).
 //!
 //! Environment:
 //! - `KLIKIT_WEBHOOK_SECRET` (required): the webhook secret Klikit issued.
@@ -161,7 +163,7 @@ async fn main() -> ExitCode {
         .with_graceful_shutdown(shutdown_signal())
         .await;
 
-    // Every accepted event is in the outbox already; the worker commits the
+    // Every accepted event is in the outbox already; the worker finishes the
     // batch in hand and stops, the rest wait for the next start.
     let _ = stop_worker.send(());
     let worker = worker.await;

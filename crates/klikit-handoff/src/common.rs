@@ -12,12 +12,13 @@ use std::time::Duration;
 /// - [`retry`](Self::retry): a transient failure (POS busy, database down).
 ///   The worker gives the event back and takes it again after a delay that
 ///   grows with each failure, up to the worker's attempt limit (NATS: a
-///   delayed nak; Postgres: the savepoint is rolled back and `attempts`
-///   counted).
+///   delayed nak; Postgres: the attempt's writes are rolled back, the row
+///   is taken again after the delay, and moved to the dead-letter table
+///   after the last attempt).
 /// - [`permanent`](Self::permanent): the event can never be processed (a body
 ///   that does not parse, say). It is not taken again and is kept for
 ///   inspection or a manual replay (NATS: terminated, still in the stream;
-///   Postgres: the row's `failed_at` is set).
+///   Postgres: moved to the outbox's dead-letter table).
 ///
 /// ```
 /// use klikit_handoff::ProcessError;

@@ -66,9 +66,14 @@
 //! hands your closure its own transaction, so effects written to the same
 //! database commit together with the "processed" mark and happen exactly once
 //! without an idempotency key. Workers take rows with `FOR UPDATE SKIP
-//! LOCKED`: a killed worker's rows are simply pending again, and parallel
-//! workers never share a row. `tests/handoff_postgres.rs` kills workers
-//! mid-batch and checks every event's effect exists exactly once.
+//! LOCKED`, each in a transaction of its own: a killed worker's row is
+//! pending again once its lease ends, and parallel workers never share a
+//! row. Every attempt is counted before it runs, so a row that fails,
+//! panics or kills its worker every time is moved to a dead-letter table
+//! after the last attempt instead of holding up the rows behind it.
+//! `tests/handoff_postgres.rs` kills workers mid-row and checks every
+//! event's effect exists exactly once, and puts a poison row among good
+//! ones.
 //!
 //! The default feature `axum` adds each engine's `receive`, a ready-made
 //! axum handler, and `IntoResponse` for its error.

@@ -1,11 +1,13 @@
-//! [`OutboxError`]: what can go wrong between the receiver, the outbox table and the worker.
+//! [`OutboxError`]: what can go wrong between the receiver, the outbox table and the worker;
+//! [`AttemptFailure`]: why an attempt failed when the closure returned no error.
 
 use std::time::Duration;
 
-use klikit_webhook::store::StoreError;
+use klikit_webhook::{InvalidEventId, store::StoreError};
 
-/// The outbox could not take the event, or the worker could not run: do not
-/// answer Klikit with a 2xx.
+/// The outbox could not take the event, or the worker could not run, or a
+/// dead letter could not be replayed. From [`enqueue`](super::PostgresOutbox::enqueue):
+/// do not answer Klikit with a 2xx.
 ///
 /// With the `axum` feature it is a response: 503 with `Retry-After: 5` and
 /// `{"error":"event hand-off unavailable"}` (the details are logged, not
@@ -26,6 +28,16 @@ pub enum OutboxError {
     /// [`PostgresOutbox::with_dedup`](super::PostgresOutbox::with_dedup).
     #[error("the outbox has no dedup store; call PostgresOutbox::with_dedup first")]
     NoDedupStore,
+    /// [`PostgresOutbox::replay_dead_letter`](super::PostgresOutbox::replay_dead_letter)
+    /// found a row with the same event id in the outbox.
+    #[error(
+        "cannot replay the dead letter {event_id:?}: the outbox already holds a row with that event id; \
+         delete that row first if the dead letter should replace it"
+    )]
+    ReplayConflict {
+        /// The event id of the dead letter.
+        event_id: String,
+    },
 }
 
 #[cfg(feature = "axum")]
@@ -34,4 +46,40 @@ impl axum::response::IntoResponse for OutboxError {
     fn into_response(self) -> axum::response::Response {
         crate::common::answer::<(), _>(Err(self))
     }
+}
+
+/// Why the worker gave up on an attempt (or a row) although the closure
+/// returned no error. Recorded in the row's `last_error` (and the dead-letter
+/// table's) as the source of a [`ProcessError`](crate::ProcessError).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum AttemptFailure {
+    /// The closure panicked; the worker caught the panic.
+    #[error("the closure panicked: {0}")]
+    Panicked(String),
+    /// The closure returned `Ok`, but its transaction was aborted: a
+    /// statement failed and the closure did not return that error.
+    #[error(
+        "the closure returned Ok, but a statement it ran failed and aborted its transaction (return that \
+         error from the closure instead of ignoring it): {0}"
+    )]
+    Aborted(#[source] sqlx::Error),
+    /// The row used up its attempts, the last of which recorded no outcome.
+    #[error(
+        "{made} attempts made and max_attempts is {max}: given up without another attempt; the last one did \
+         not finish (the worker died, hung or lost its database connection before recording an outcome){}",
+        last_error.as_deref().map(|e| format!("; the last recorded error: {e}")).unwrap_or_default()
+    )]
+    Exhausted {
+        made: i32,
+        max: i32,
+        last_error: Option<String>,
+    },
+    /// The row's event id is not a valid [`EventId`](klikit_webhook::EventId):
+    /// it was not queued by [`enqueue`](super::PostgresOutbox::enqueue).
+    #[error("the row's event id {event_id:?} is invalid: {source}")]
+    InvalidEventId {
+        event_id: String,
+        #[source]
+        source: InvalidEventId,
+    },
 }

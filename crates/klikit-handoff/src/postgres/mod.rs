@@ -9,10 +9,13 @@
 //!   feature, [`receive`] is a ready-made handler that answers
 //!   `200 {"status":"received"}` after the commit and 503 with `Retry-After`
 //!   otherwise.
-//! - [`OutboxWorker`] is the processing side: in one transaction it takes a
-//!   batch of pending rows with `FOR UPDATE SKIP LOCKED`, calls your async
-//!   closure for each row **with that transaction's connection**, marks the
-//!   rows processed and commits.
+//! - [`OutboxWorker`] is the processing side: it counts an attempt of the
+//!   oldest pending row (`FOR UPDATE SKIP LOCKED`) in a statement of its own,
+//!   then, in the row's own transaction, calls your async closure **with
+//!   that transaction's connection**, marks the row processed and commits.
+//!   A row that fails, panics or kills its worker on every attempt moves to
+//!   a [dead-letter table](#dead-letters) after the last one, so it never
+//!   holds up the rows behind it.
 //!
 //! See the [module docs](crate) for the overall guarantees.
 //!
@@ -63,23 +66,43 @@
 //!
 //! # Why the worker passes you its transaction
 //!
-//! The worker's loop is
+//! For each row, the worker runs
 //!
 //! ```text
+//! -- 1. claim, committed on its own: the attempt counts whatever happens next
+//! UPDATE outbox SET attempts = attempts + 1, available_at = now() + <lease>
+//!   WHERE id = (SELECT id FROM outbox WHERE processed_at IS NULL AND available_at <= now()
+//!               ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
+//!   RETURNING id, event_id, event_type, body, attempts;
+//! -- 2. the attempt
 //! BEGIN;
-//!   SELECT id, event_id, event_type, body FROM outbox
-//!     WHERE processed_at IS NULL AND failed_at IS NULL AND available_at <= now()
-//!     ORDER BY id LIMIT <batch> FOR UPDATE SKIP LOCKED;
-//!   -- for each row: SAVEPOINT; your closure(conn, event); RELEASE (or ROLLBACK TO on error)
-//!   UPDATE outbox SET processed_at = now() WHERE id = ANY(<processed ids>);
+//!   SELECT id FROM outbox WHERE id = <id> AND attempts = <claimed> FOR UPDATE SKIP LOCKED;
+//!   SAVEPOINT a; your closure(conn, event);
+//!   RELEASE a; UPDATE outbox SET processed_at = now() WHERE id = <id>;   -- on Ok
+//!   -- or: ROLLBACK TO a; UPDATE outbox SET last_error = ..., available_at = now() + <delay> ...
+//!   --     or, after the last attempt or a permanent error, move the row to the dead-letter table
 //! COMMIT;
 //! ```
 //!
-//! - A worker killed mid-batch never commits: its row locks vanish with its
-//!   connection and the rows are pending again, for a restarted worker or
-//!   another one.
+//! - A worker killed mid-row never commits that row: its writes are undone,
+//!   its row lock vanishes with its connection, and the row is taken again
+//!   when its [lease](OutboxWorker::with_lease) ends, by a restarted worker
+//!   or another one. The rows it committed before stay processed.
 //! - Several workers never take the same row: `SKIP LOCKED` hands each one
-//!   rows nobody else holds.
+//!   rows nobody else holds, the lease keeps a claimed row away from the
+//!   others until its worker has locked it, and the lock from then on.
+//! - Every attempt is counted before it runs, so one that panics, leaves the
+//!   transaction aborted (a statement failed and the closure swallowed the
+//!   error), or never finishes because the worker died still counts; after
+//!   [max attempts](OutboxWorker::with_max_attempts) the row is
+//!   dead-lettered. The panic is caught and fails the attempt only; the
+//!   aborted transaction is rolled back to the savepoint.
+//! - One transaction per row, not per batch: a row that kills or hangs its
+//!   worker would otherwise roll back the good rows of its batch with it,
+//!   and charge each of them an attempt. The price is one commit per row.
+//! - A closure that hangs holds its row, and its worker, until it returns
+//!   (other workers go on with other rows). Bound your own calls
+//!   (`tokio::time::timeout`, then [`ProcessError::retry`]).
 //! - Side effects **written through the connection you are given** commit in
 //!   the same transaction as `processed_at`: either both happen or neither.
 //!   For those effects processing is **exactly once**, with no idempotency
@@ -89,10 +112,52 @@
 //!   is then processed again. Make those idempotent on the event id, as with
 //!   any broker (see the [module docs](crate)).
 //!
+//! # Dead letters
+//!
+//! A row is given up when its closure returns [`ProcessError::permanent`],
+//! when its last attempt fails (an error, a panic, an aborted transaction),
+//! or when its attempts are used up by attempts that never finished (the
+//! worker died or hung on it; the row then does not run again). It is then
+//! **moved**, in one statement, from the outbox to the dead-letter table
+//! `<table>_dead` (see [`PostgresOutbox::dead_letter_table`]), with the
+//! number of attempts made and the last error. The outbox keeps no row for
+//! it, but its event id stays taken: [`enqueue`](PostgresOutbox::enqueue)
+//! does not queue a redelivery of a dead-lettered event.
+//!
+//! Look at them with
+//!
+//! ```sql
+//! SELECT event_id, event_type, attempts, last_error, dead_at FROM "klikit_webhook_outbox_dead" ORDER BY dead_at;
+//! ```
+//!
+//! and, once what made them fail is fixed, replay one with
+//! [`PostgresOutbox::replay_dead_letter`]: it moves the row back into the
+//! outbox with `attempts = 0` and its original `enqueued_at`, where a worker
+//! takes it like any new row. The same for many rows, in SQL (the `WHERE`
+//! clause chooses them):
+//!
+//! ```sql
+//! WITH replayed AS (
+//!   INSERT INTO "klikit_webhook_outbox" (event_id, event_type, body, enqueued_at)
+//!     SELECT event_id, event_type, body, enqueued_at FROM "klikit_webhook_outbox_dead"
+//!     WHERE dead_at > now() - interval '1 day'
+//!     ON CONFLICT (event_id) DO NOTHING
+//!     RETURNING event_id
+//! )
+//! DELETE FROM "klikit_webhook_outbox_dead" WHERE event_id IN (SELECT event_id FROM replayed);
+//! ```
+//!
+//! One statement, so atomic; a dead letter whose event id the outbox holds
+//! again (put there by hand) stays where it is.
+//!
+//! Nothing deletes dead letters; delete them yourself once dealt with
+//! (`DELETE FROM "klikit_webhook_outbox_dead" WHERE ...`). A deleted dead
+//! letter's event id is free again: a redelivery would be queued.
+//!
 //! # Table
 //!
 //! [`migrate`](PostgresOutbox::migrate) creates (name configurable and
-//! validated like the store's):
+//! validated like the store's; the dead-letter table is named after it):
 //!
 //! ```sql
 //! CREATE TABLE IF NOT EXISTS "klikit_webhook_outbox" (
@@ -101,14 +166,23 @@
 //!     event_type   text        NOT NULL,               -- x-klikit-event-type
 //!     body         bytea       NOT NULL,               -- the verified raw body
 //!     enqueued_at  timestamptz NOT NULL DEFAULT now(),
-//!     available_at timestamptz NOT NULL DEFAULT now(), -- not before (retry delay)
-//!     attempts     integer     NOT NULL DEFAULT 0,     -- failed attempts so far
-//!     last_error   text,
-//!     processed_at timestamptz,                        -- set by the worker's commit
-//!     failed_at    timestamptz                         -- given up (permanent failure)
+//!     available_at timestamptz NOT NULL DEFAULT now(), -- not before (retry delay, or a worker's lease)
+//!     attempts     integer     NOT NULL DEFAULT 0,     -- attempts started so far
+//!     last_error   text,                               -- why the last failed attempt failed
+//!     processed_at timestamptz                         -- set by the worker's commit
 //! );
 //! CREATE INDEX IF NOT EXISTS "klikit_webhook_outbox_pending_idx"
-//!     ON "klikit_webhook_outbox" (id) WHERE processed_at IS NULL AND failed_at IS NULL;
+//!     ON "klikit_webhook_outbox" (id) WHERE processed_at IS NULL;
+//! CREATE TABLE IF NOT EXISTS "klikit_webhook_outbox_dead" (
+//!     event_id     text COLLATE "C" PRIMARY KEY,       -- as in the outbox
+//!     id           bigint      NOT NULL,               -- the row's id in the outbox
+//!     event_type   text        NOT NULL,
+//!     body         bytea       NOT NULL,
+//!     enqueued_at  timestamptz NOT NULL,               -- when it was first queued
+//!     attempts     integer     NOT NULL,               -- attempts made
+//!     last_error   text        NOT NULL,               -- why it was given up
+//!     dead_at      timestamptz NOT NULL DEFAULT now()  -- when it was given up
+//! );
 //! ```
 //!
 //! # Examples

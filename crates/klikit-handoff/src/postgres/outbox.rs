@@ -3,7 +3,7 @@
 use std::{fmt, sync::Arc, time::Duration};
 
 use klikit_webhook::{
-    ConfigError, KlikitEvent, PostgresStore,
+    ConfigError, EventId, KlikitEvent, PostgresStore,
     store::{sql::validate_identifier, ttl_millis},
 };
 use sqlx::{AssertSqlSafe, PgConnection, PgPool};
@@ -26,6 +26,7 @@ pub struct PostgresOutbox {
 pub(super) struct OutboxConfig {
     schema: Option<Arc<str>>,
     pub(super) table: Arc<str>,
+    pub(super) dead_table: Arc<str>,
     pub(super) sql: Arc<Statements>,
     dedup: Option<(PostgresStore, Duration)>,
     enqueue_timeout: Duration,
@@ -34,22 +35,33 @@ pub(super) struct OutboxConfig {
 pub(super) struct Statements {
     create_table: String,
     create_index: String,
+    create_dead_table: String,
     enqueue: String,
-    pub(super) take: String,
+    pub(super) claim: String,
+    pub(super) lock: String,
     pub(super) mark_processed: String,
     pub(super) mark_retry: String,
-    pub(super) mark_failed: String,
+    pub(super) dead_letter: String,
+    replay: String,
+    dead_exists: String,
     purge: String,
     pending: String,
 }
 
+/// The dead-letter table's name for the outbox table `table`.
+fn dead_table_name(table: &str) -> String {
+    format!("{table}_dead")
+}
+
 impl Statements {
     fn new(schema: Option<&str>, table: &str) -> Self {
-        let t = match schema {
-            Some(schema) => format!(r#""{schema}"."{table}""#),
-            None => format!(r#""{table}""#),
+        let quoted = |name: &str| match schema {
+            Some(schema) => format!(r#""{schema}"."{name}""#),
+            None => format!(r#""{name}""#),
         };
-        let pending = "processed_at IS NULL AND failed_at IS NULL";
+        let t = quoted(table);
+        let d = quoted(&dead_table_name(table));
+        let pending = "processed_at IS NULL";
         Self {
             create_table: format!(
                 "CREATE TABLE IF NOT EXISTS {t} (\
@@ -61,26 +73,62 @@ impl Statements {
                  available_at timestamptz NOT NULL DEFAULT now(), \
                  attempts integer NOT NULL DEFAULT 0, \
                  last_error text, \
-                 processed_at timestamptz, \
-                 failed_at timestamptz)"
+                 processed_at timestamptz)"
             ),
             create_index: format!(r#"CREATE INDEX IF NOT EXISTS "{table}_pending_idx" ON {t} (id) WHERE {pending}"#),
+            create_dead_table: format!(
+                "CREATE TABLE IF NOT EXISTS {d} (\
+                 event_id text COLLATE \"C\" PRIMARY KEY, \
+                 id bigint NOT NULL, \
+                 event_type text NOT NULL, \
+                 body bytea NOT NULL, \
+                 enqueued_at timestamptz NOT NULL, \
+                 attempts integer NOT NULL, \
+                 last_error text NOT NULL, \
+                 dead_at timestamptz NOT NULL DEFAULT now())"
+            ),
+            // A dead letter keeps its event id taken, as a processed row does.
             enqueue: format!(
-                "INSERT INTO {t} (event_id, event_type, body) VALUES ($1, $2, $3) ON CONFLICT (event_id) DO NOTHING"
+                "INSERT INTO {t} (event_id, event_type, body) SELECT $1, $2, $3 \
+                 WHERE NOT EXISTS (SELECT 1 FROM {d} WHERE event_id = $1) \
+                 ON CONFLICT (event_id) DO NOTHING"
             ),
-            take: format!(
-                "SELECT id, event_id, event_type, body, attempts FROM {t} \
-                 WHERE {pending} AND available_at <= now() \
-                 ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
+            // Committed on its own, before the attempt runs: the attempt is
+            // counted whatever becomes of it, and the lease keeps other
+            // workers away until this one holds the row lock.
+            claim: format!(
+                "UPDATE {t} SET attempts = attempts + 1, available_at = now() + $1::bigint * interval '1 millisecond' \
+                 WHERE id = (SELECT id FROM {t} WHERE {pending} AND available_at <= now() \
+                 ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+                 RETURNING id, event_id, event_type, body, attempts, last_error"
             ),
-            mark_processed: format!("UPDATE {t} SET processed_at = now() WHERE id = ANY($1)"),
+            // `attempts` is the claim's token: another worker that claimed
+            // the row after the lease ended has counted its own attempt.
+            lock: format!("SELECT id FROM {t} WHERE id = $1 AND attempts = $2 AND {pending} FOR UPDATE SKIP LOCKED"),
+            mark_processed: format!("UPDATE {t} SET processed_at = now() WHERE id = $1"),
             mark_retry: format!(
-                "UPDATE {t} SET attempts = attempts + 1, last_error = $2, \
-                 available_at = now() + $3::bigint * interval '1 millisecond' WHERE id = $1"
+                "UPDATE {t} SET last_error = $3, available_at = now() + $2::bigint * interval '1 millisecond' \
+                 WHERE id = $1"
             ),
-            mark_failed: format!(
-                "UPDATE {t} SET attempts = attempts + 1, last_error = $2, failed_at = now() WHERE id = $1"
+            dead_letter: format!(
+                "WITH dead AS (DELETE FROM {t} WHERE id = $1 AND attempts = $2 AND {pending} \
+                 RETURNING id, event_id, event_type, body, enqueued_at) \
+                 INSERT INTO {d} (event_id, id, event_type, body, enqueued_at, attempts, last_error) \
+                 SELECT event_id, id, event_type, body, enqueued_at, $3, $4 FROM dead \
+                 ON CONFLICT (event_id) DO UPDATE SET id = EXCLUDED.id, event_type = EXCLUDED.event_type, \
+                 body = EXCLUDED.body, enqueued_at = EXCLUDED.enqueued_at, attempts = EXCLUDED.attempts, \
+                 last_error = EXCLUDED.last_error, dead_at = now()"
             ),
+            // As in the module docs: only what was queued again leaves the
+            // dead-letter table.
+            replay: format!(
+                "WITH replayed AS (\
+                 INSERT INTO {t} (event_id, event_type, body, enqueued_at) \
+                 SELECT event_id, event_type, body, enqueued_at FROM {d} WHERE event_id = $1 \
+                 ON CONFLICT (event_id) DO NOTHING RETURNING event_id) \
+                 DELETE FROM {d} WHERE event_id IN (SELECT event_id FROM replayed)"
+            ),
+            dead_exists: format!("SELECT count(*) FROM {d} WHERE event_id = $1"),
             purge: format!(
                 "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} \
                  WHERE processed_at < now() - $1::bigint * interval '1 millisecond' \
@@ -116,6 +164,7 @@ impl PostgresOutbox {
             inner: Arc::new(OutboxConfig {
                 schema: None,
                 table: Arc::from(Self::DEFAULT_TABLE),
+                dead_table: Arc::from(dead_table_name(Self::DEFAULT_TABLE)),
                 sql: Arc::new(Statements::new(None, Self::DEFAULT_TABLE)),
                 dedup: None,
                 enqueue_timeout: Self::DEFAULT_ENQUEUE_TIMEOUT,
@@ -129,17 +178,22 @@ impl PostgresOutbox {
 
     /// Uses the table `table` instead of [`DEFAULT_TABLE`](Self::DEFAULT_TABLE).
     ///
-    /// The name is quoted, so it is case-sensitive. Names up to 51 bytes keep
+    /// The name is quoted, so it is case-sensitive. The dead-letter table is
+    /// `<table>_dead` (see the [module docs](super)). Names up to 51 bytes keep
     /// the index name (`<table>_pending_idx`) within Postgres' 63 bytes.
     ///
     /// # Errors
     ///
     /// [`ConfigError::InvalidIdentifier`] unless `table` matches
-    /// `[A-Za-z_][A-Za-z0-9_]*` and is at most 63 bytes long.
+    /// `[A-Za-z_][A-Za-z0-9_]*` and is at most 58 bytes long, so that
+    /// `<table>_dead` fits in 63 bytes (the error then names `<table>_dead`).
     pub fn with_table(mut self, table: &str) -> Result<Self, ConfigError> {
         validate_identifier(table)?;
+        let dead_table = dead_table_name(table);
+        validate_identifier(&dead_table)?;
         let config = self.config_mut();
         config.table = Arc::from(table);
+        config.dead_table = Arc::from(dead_table);
         config.sql = Arc::new(Statements::new(config.schema.as_deref(), table));
         Ok(self)
     }
@@ -198,6 +252,12 @@ impl PostgresOutbox {
         &self.inner.table
     }
 
+    /// The dead-letter table's name: the [table name](Self::table) followed
+    /// by `_dead`, in the same schema.
+    pub fn dead_letter_table(&self) -> &str {
+        &self.inner.dead_table
+    }
+
     /// The schema, if one was set.
     pub fn schema(&self) -> Option<&str> {
         self.inner.schema.as_deref()
@@ -208,8 +268,8 @@ impl PostgresOutbox {
         &self.pool
     }
 
-    /// Creates the table and its index if they do not exist (the SQL is in
-    /// the [module docs](super)). Safe to run from several instances at once:
+    /// Creates the table, its index and the dead-letter table if they do not
+    /// exist (the SQL is in the [module docs](super)). Safe to run from several instances at once:
     /// it holds a transaction-level advisory lock named after the table.
     ///
     /// It does not create the dedup store's table; run
@@ -231,7 +291,11 @@ impl PostgresOutbox {
             .bind(lock_name)
             .execute(&mut *tx)
             .await?;
-        for statement in [&config.sql.create_table, &config.sql.create_index] {
+        for statement in [
+            &config.sql.create_table,
+            &config.sql.create_index,
+            &config.sql.create_dead_table,
+        ] {
             query(statement).execute(&mut *tx).await?;
         }
         tx.commit().await?;
@@ -242,8 +306,8 @@ impl PostgresOutbox {
     /// dedup claim done, in one transaction; returns once it committed.
     ///
     /// Returns `true` if the event was queued now and `false` if a row with
-    /// the same event id was already there (a redelivery: nothing changes in
-    /// the outbox). Answer Klikit's 2xx only after this returned `Ok`.
+    /// the same event id was already there, or in the dead-letter table (a
+    /// redelivery: nothing changes in the outbox). Answer Klikit's 2xx only after this returned `Ok`.
     ///
     /// # Errors
     ///
@@ -299,8 +363,9 @@ impl PostgresOutbox {
         Ok(queued)
     }
 
-    /// How many events wait to be processed (neither processed nor given
-    /// up), including those waiting for a retry delay.
+    /// How many events wait to be processed (not processed, not
+    /// dead-lettered), including those waiting for a retry delay and those a
+    /// worker is processing.
     ///
     /// # Errors
     ///
@@ -313,7 +378,8 @@ impl PostgresOutbox {
 
     /// Deletes the rows processed more than `older_than` ago,
     /// [`PURGE_BATCH`](Self::PURGE_BATCH) per statement, and returns how many
-    /// it deleted. Rows given up on (`failed_at`) are kept for inspection.
+    /// it deleted. Dead letters stay in their own table (see the
+    /// [module docs](super)).
     ///
     /// Keep processed rows at least as long as the layer's retention: while a
     /// row is there, a redelivery of its event id is not queued again, even
@@ -337,6 +403,45 @@ impl PostgresOutbox {
             if deleted < Self::PURGE_BATCH.unsigned_abs() {
                 return Ok(total);
             }
+        }
+    }
+
+    /// Moves the dead letter of `event_id` back into the outbox, where a
+    /// worker takes it again with a fresh attempt count (it keeps its
+    /// `enqueued_at`; its new row id puts it behind the rows queued so far).
+    /// Returns `true` if it was moved and `false` if the dead-letter table has
+    /// no row with that event id. See the [module docs](super) for the same
+    /// in SQL, for many rows at once.
+    ///
+    /// Fix what made it fail first (the closure, the POS, the data):
+    /// otherwise it is dead-lettered again after its attempts.
+    ///
+    /// # Errors
+    ///
+    /// - [`OutboxError::ReplayConflict`] if the outbox already holds a row
+    ///   with that event id; nothing changed;
+    /// - [`OutboxError::Database`] if a statement failed; nothing changed.
+    pub async fn replay_dead_letter(&self, event_id: &EventId) -> Result<bool, OutboxError> {
+        let sql = &self.inner.sql;
+        let replayed = query(&sql.replay)
+            .bind(event_id.as_str())
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
+            == 1;
+        if replayed {
+            tracing::info!(%event_id, table = %self.inner.table, "dead letter queued again");
+            return Ok(true);
+        }
+        let dead: i64 = sqlx::query_scalar(AssertSqlSafe(sql.dead_exists.as_str()))
+            .bind(event_id.as_str())
+            .fetch_one(&self.pool)
+            .await?;
+        match dead {
+            0 => Ok(false),
+            _ => Err(OutboxError::ReplayConflict {
+                event_id: event_id.as_str().to_owned(),
+            }),
         }
     }
 }

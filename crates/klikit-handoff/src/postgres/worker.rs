@@ -1,35 +1,48 @@
-//! The processing side: [`OutboxWorker`] takes, processes and marks rows in one transaction.
+//! The processing side: [`OutboxWorker`] counts each attempt, then processes the row in a transaction of its own.
 
-use std::{fmt, future::Future, pin::pin, time::Duration};
+use std::{any::Any, fmt, future::Future, panic::AssertUnwindSafe, pin::pin, time::Duration};
 
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, future::BoxFuture};
 use klikit_webhook::{EventId, EventType, KlikitEvent, store::ttl_millis};
-use sqlx::{AssertSqlSafe, Connection, PgConnection};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, Row, postgres::PgRow};
 use tracing::Instrument;
 
-use super::{OutboxError, PostgresOutbox, ProcessError, outbox::query};
+use super::{OutboxError, PostgresOutbox, ProcessError, error::AttemptFailure, outbox::query};
 use crate::common::RetryBackoff;
+
+const SAVEPOINT: &str = "SAVEPOINT klikit_outbox_attempt";
+const RELEASE_SAVEPOINT: &str = "RELEASE SAVEPOINT klikit_outbox_attempt";
+const ROLLBACK_TO_SAVEPOINT: &str = "ROLLBACK TO SAVEPOINT klikit_outbox_attempt";
 
 /// Processes queued events from the outbox table.
 ///
-/// Each [`process_batch`](Self::process_batch) is one transaction:
+/// For each row, [`process_batch`](Self::process_batch):
 ///
-/// 1. take up to [batch size](Self::with_batch_size) pending rows, oldest
-///    first, with `FOR UPDATE SKIP LOCKED` (rows another worker holds are
-///    skipped, never waited for);
-/// 2. for each row, in a savepoint, call your closure with the transaction's
-///    connection and the rebuilt [`KlikitEvent`]:
+/// 1. **claims** the oldest pending row (`FOR UPDATE SKIP LOCKED`: rows
+///    another worker holds are skipped, never waited for) in a statement
+///    committed on its own, which counts the attempt (`attempts + 1`) and
+///    hides the row from other workers for the [lease](Self::with_lease).
+///    A row whose attempts are used up (its last attempt never finished) is
+///    moved to the dead-letter table instead, without running again;
+/// 2. in a transaction of the row's own, locks the row and, in a savepoint,
+///    calls your closure with that transaction's connection and the rebuilt
+///    [`KlikitEvent`]; a panic of the closure is caught;
+/// 3. records the outcome and commits:
 ///
-///    | closure returned | the savepoint | the row |
+///    | the closure | its writes | the row |
 ///    |---|---|---|
-///    | `Ok(())` | released (your writes stay) | `processed_at = now()` |
-///    | [`ProcessError::retry`] | rolled back | `attempts + 1`, available again after a growing delay; given up (`failed_at`) after [max attempts](Self::with_max_attempts) |
-///    | [`ProcessError::permanent`] | rolled back | `failed_at = now()`, never taken again |
+///    | returned `Ok(())` | kept | `processed_at = now()`, in the same commit as your writes |
+///    | returned [`ProcessError::retry`], panicked, or returned `Ok` from an aborted transaction | rolled back | available again after a growing delay; after the [last attempt](Self::with_max_attempts), moved to the dead-letter table |
+///    | returned [`ProcessError::permanent`] | rolled back | moved to the dead-letter table |
 ///
-/// 3. commit. A worker that dies, hangs up or panics before the commit
-///    leaves every row of its batch pending and every write of the batch
-///    undone; the next worker takes them.
+/// A worker that dies, hangs up or is cut off mid-row never commits that
+/// row: its writes are undone, its row lock vanishes with its connection,
+/// and the row is taken again when its lease ends. Its attempt was counted
+/// in step 1, so a row that kills or hangs every worker that takes it is
+/// dead-lettered after [max attempts](Self::with_max_attempts), and never
+/// holds up the rows behind it. See the [module docs](super) for the
+/// dead-letter table and how to replay a row from it.
 ///
 /// Several workers (tasks or processes) may run at once. See the
 /// [module docs](super) for why effects written through the connection happen
@@ -48,21 +61,49 @@ use crate::common::RetryBackoff;
 #[must_use]
 pub struct OutboxWorker {
     outbox: PostgresOutbox,
-    batch: i64,
+    batch: usize,
     poll_interval: Duration,
     max_attempts: i32,
+    lease: Duration,
     retry: RetryBackoff,
 }
 
+/// A row as the claim returned it; `attempts` counts the claim's attempt and
+/// is the claim's token.
+struct Claimed {
+    id: i64,
+    event_id: String,
+    event_type: String,
+    body: Vec<u8>,
+    attempts: i32,
+    last_error: Option<String>,
+}
+
+impl sqlx::FromRow<'_, PgRow> for Claimed {
+    fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            id: row.try_get("id")?,
+            event_id: row.try_get("event_id")?,
+            event_type: row.try_get("event_type")?,
+            body: row.try_get("body")?,
+            attempts: row.try_get("attempts")?,
+            last_error: row.try_get("last_error")?,
+        })
+    }
+}
+
 impl OutboxWorker {
-    /// The default number of rows per transaction: 10.
-    pub const DEFAULT_BATCH: i64 = 10;
+    /// The default number of rows one [`process_batch`](Self::process_batch)
+    /// takes: 10.
+    pub const DEFAULT_BATCH: usize = 10;
     /// The default wait after an empty batch (or a database error) before
     /// looking again: 500 ms.
     pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
-    /// The default number of failed attempts ([`ProcessError::retry`]) before
-    /// an event is given up: 10.
+    /// The default number of attempts an event gets before it is moved to the
+    /// dead-letter table: 10.
     pub const DEFAULT_MAX_ATTEMPTS: i32 = 10;
+    /// The default lease: 30 s (see [`with_lease`](Self::with_lease)).
+    pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
     /// The default delay before the first retry: 1 s, doubled on each further
     /// failure.
     pub const DEFAULT_RETRY_DELAY: Duration = RetryBackoff::DEFAULT_FIRST;
@@ -77,16 +118,17 @@ impl OutboxWorker {
             batch: Self::DEFAULT_BATCH,
             poll_interval: Self::DEFAULT_POLL_INTERVAL,
             max_attempts: Self::DEFAULT_MAX_ATTEMPTS,
+            lease: Self::DEFAULT_LEASE,
             retry: RetryBackoff::default(),
         }
     }
 
-    /// How many rows one transaction takes (default
-    /// [`DEFAULT_BATCH`](Self::DEFAULT_BATCH), at least 1). A larger batch
-    /// commits less often; its rows stay locked (and its effects invisible)
-    /// until the whole batch is processed.
+    /// How many rows one [`process_batch`](Self::process_batch) takes (default
+    /// [`DEFAULT_BATCH`](Self::DEFAULT_BATCH), at least 1), each in a
+    /// transaction of its own. [`run`](Self::run) looks for shutdown between
+    /// batches.
     pub fn with_batch_size(mut self, batch: usize) -> Self {
-        self.batch = i64::try_from(batch.max(1)).unwrap_or(i64::MAX);
+        self.batch = batch.max(1);
         self
     }
 
@@ -97,115 +139,212 @@ impl OutboxWorker {
         self
     }
 
-    /// How many failed attempts an event gets before it is given up (default
-    /// [`DEFAULT_MAX_ATTEMPTS`](Self::DEFAULT_MAX_ATTEMPTS), at least 1).
+    /// How many attempts an event gets before it is moved to the dead-letter
+    /// table (default [`DEFAULT_MAX_ATTEMPTS`](Self::DEFAULT_MAX_ATTEMPTS),
+    /// at least 1). Every attempt counts: one that failed, panicked, or
+    /// never finished because the worker died.
     pub fn with_max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = i32::try_from(attempts.max(1)).unwrap_or(i32::MAX);
         self
     }
 
-    /// The delays after [`ProcessError::retry`]: `first` after the first
-    /// failure, doubled after each further one, never more than `max`
-    /// (defaults [`DEFAULT_RETRY_DELAY`](Self::DEFAULT_RETRY_DELAY) and
+    /// How long a claimed row stays hidden from other workers (default
+    /// [`DEFAULT_LEASE`](Self::DEFAULT_LEASE)).
+    ///
+    /// The lease only has to cover the moment between the claim's commit and
+    /// the row lock that follows at once; from then on the lock keeps other
+    /// workers away, however long the closure runs. It is also how long the
+    /// row of a worker that died mid-row waits before another worker takes
+    /// it. A lease that ends before the lock is taken costs an attempt: the
+    /// other worker counts its own, and this one skips the row.
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// The delays after a failed attempt: `first` after the first failure,
+    /// doubled after each further one, never more than `max` (defaults
+    /// [`DEFAULT_RETRY_DELAY`](Self::DEFAULT_RETRY_DELAY) and
     /// [`DEFAULT_MAX_RETRY_DELAY`](Self::DEFAULT_MAX_RETRY_DELAY)).
     pub fn with_retry_delay(mut self, first: Duration, max: Duration) -> Self {
         self.retry = RetryBackoff::new(first, max);
         self
     }
 
-    /// Processes one batch in one transaction (see the [type docs](Self))
-    /// and returns how many rows it took (0: nothing pending).
+    /// Processes up to [batch size](Self::with_batch_size) rows, each in a
+    /// transaction of its own (see the [type docs](Self)), and returns how
+    /// many it took (0: nothing pending).
     ///
     /// # Errors
     ///
-    /// [`OutboxError::Database`] if a statement or the commit failed; the
-    /// transaction is rolled back and its rows are pending again.
+    /// [`OutboxError::Database`] if a statement or a commit failed. The rows
+    /// committed before stay processed; the row in hand is rolled back, its
+    /// attempt counted, and taken again when its lease ends.
     pub async fn process_batch<F>(&self, process: &F) -> Result<usize, OutboxError>
     where
         F: for<'c> Fn(&'c mut PgConnection, KlikitEvent) -> BoxFuture<'c, Result<(), ProcessError>>,
     {
-        let sql = &self.outbox.inner.sql;
-        let mut tx = self.outbox.pool.begin().await?;
-        let rows: Vec<(i64, String, String, Vec<u8>, i32)> = sqlx::query_as(AssertSqlSafe(sql.take.as_str()))
-            .bind(self.batch)
-            .fetch_all(&mut *tx)
-            .await?;
-        let taken = rows.len();
-        let mut processed = Vec::with_capacity(taken);
-        for (id, event_id, event_type, body, attempts) in rows {
-            let event = match EventId::new(&event_id) {
-                Ok(event_id) => KlikitEvent::new(event_id, EventType::from_name(&event_type), Bytes::from(body)),
-                Err(error) => {
-                    tracing::error!(row = id, %error, "outbox row has an invalid event id; given up");
-                    query(&sql.mark_failed)
-                        .bind(id)
-                        .bind(error.to_string())
-                        .execute(&mut *tx)
-                        .await?;
-                    continue;
-                }
+        let mut conn = self.outbox.pool.acquire().await?;
+        let mut taken = 0;
+        while taken < self.batch {
+            let Some(row) = self.claim(&mut conn).await? else {
+                break;
             };
-            let span = tracing::info_span!("klikit_outbox_worker", event_id = %event_id, row = id, attempts);
-            if self
-                .handle(&mut tx, id, attempts, event, process)
-                .instrument(span)
-                .await?
-            {
-                processed.push(id);
-            }
+            taken += 1;
+            let span = tracing::info_span!(
+                "klikit_outbox_worker",
+                event_id = %row.event_id,
+                row = row.id,
+                attempt = row.attempts
+            );
+            self.attempt(&mut conn, row, process).instrument(span).await?;
         }
-        if !processed.is_empty() {
-            query(&sql.mark_processed).bind(processed).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
         Ok(taken)
     }
 
-    /// Runs `process` on one row in a savepoint and records the outcome;
-    /// returns whether the row was processed.
-    async fn handle<F>(
+    /// Step 1: counts an attempt of the oldest available row and leases it,
+    /// committed on its own.
+    async fn claim(&self, conn: &mut PgConnection) -> Result<Option<Claimed>, OutboxError> {
+        let sql = &self.outbox.inner.sql;
+        Ok(sqlx::query_as(AssertSqlSafe(sql.claim.as_str()))
+            .bind(ttl_millis(self.lease))
+            .fetch_optional(&mut *conn)
+            .await?)
+    }
+
+    /// Steps 2 and 3 for one claimed row, or straight to the dead-letter
+    /// table if it must not run.
+    async fn attempt<F>(&self, conn: &mut PgConnection, row: Claimed, process: &F) -> Result<(), OutboxError>
+    where
+        F: for<'c> Fn(&'c mut PgConnection, KlikitEvent) -> BoxFuture<'c, Result<(), ProcessError>>,
+    {
+        let Claimed {
+            id,
+            event_id,
+            event_type,
+            body,
+            attempts,
+            last_error,
+        } = row;
+        // The attempts made before this claim.
+        let made = attempts.saturating_sub(1);
+        let not_run = if attempts > self.max_attempts {
+            Some(AttemptFailure::Exhausted {
+                made,
+                max: self.max_attempts,
+                last_error,
+            })
+        } else {
+            match EventId::new(&event_id) {
+                Ok(valid) => {
+                    let event = KlikitEvent::new(valid, EventType::from_name(&event_type), Bytes::from(body));
+                    return self.run_attempt(conn, id, attempts, event, process).await;
+                }
+                Err(source) => Some(AttemptFailure::InvalidEventId { event_id, source }),
+            }
+        };
+        if let Some(failure) = not_run {
+            let error = failure.to_string();
+            if self.dead_letter(conn, id, attempts, made, &error).await? {
+                tracing::error!(%error, "the event is given up without running; moved to the dead-letter table");
+            }
+        }
+        Ok(())
+    }
+
+    /// The attempt proper: lock, run the closure in a savepoint, record the
+    /// outcome, commit.
+    async fn run_attempt<F>(
         &self,
-        tx: &mut PgConnection,
+        conn: &mut PgConnection,
         id: i64,
         attempts: i32,
         event: KlikitEvent,
         process: &F,
-    ) -> Result<bool, OutboxError>
+    ) -> Result<(), OutboxError>
     where
         F: for<'c> Fn(&'c mut PgConnection, KlikitEvent) -> BoxFuture<'c, Result<(), ProcessError>>,
     {
         let sql = &self.outbox.inner.sql;
-        let mut savepoint = Connection::begin(&mut *tx).await?;
-        let outcome = process(&mut savepoint, event).await;
-        let error = match outcome {
-            Ok(()) => {
-                savepoint.commit().await?;
-                tracing::debug!("klikit event processed");
-                return Ok(true);
-            }
-            Err(error) => {
-                savepoint.rollback().await?;
-                error
-            }
+
+        let mut tx = Connection::begin(&mut *conn).await?;
+        let ours = query(&sql.lock)
+            .bind(id)
+            .bind(attempts)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        if !ours {
+            tx.rollback().await?;
+            tracing::info!("the row's lease ended before this worker locked it, and another worker took it; skipped");
+            return Ok(());
+        }
+        sqlx::raw_sql(SAVEPOINT).execute(&mut *tx).await?;
+        let ran = AssertUnwindSafe(async { process(&mut tx, event).await })
+            .catch_unwind()
+            .await;
+        let error = match ran {
+            // RELEASE fails if the closure left the transaction aborted.
+            Ok(Ok(())) => match sqlx::raw_sql(RELEASE_SAVEPOINT).execute(&mut *tx).await {
+                Ok(_) => {
+                    query(&sql.mark_processed).bind(id).execute(&mut *tx).await?;
+                    tx.commit().await?;
+                    tracing::debug!("klikit event processed");
+                    return Ok(());
+                }
+                Err(error) => ProcessError::retry(AttemptFailure::Aborted(error)),
+            },
+            Ok(Err(error)) => error,
+            Err(panic) => ProcessError::retry(AttemptFailure::Panicked(panic_message(panic.as_ref()))),
         };
-        if !error.is_retryable() || attempts.saturating_add(1) >= self.max_attempts {
-            tracing::error!(%error, "processing failed; the event is given up (failed_at set)");
-            query(&sql.mark_failed)
-                .bind(id)
-                .bind(error.to_string())
-                .execute(&mut *tx)
+        sqlx::raw_sql(ROLLBACK_TO_SAVEPOINT).execute(&mut *tx).await?;
+        let max = self.max_attempts;
+        if !error.is_retryable() || attempts >= max {
+            tracing::error!(
+                %error,
+                max_attempts = max,
+                dead_letter_table = %self.outbox.dead_letter_table(),
+                "processing failed; the event is given up and moved to the dead-letter table"
+            );
+            self.dead_letter(&mut tx, id, attempts, attempts, &error.to_string())
                 .await?;
         } else {
-            let delay = self.retry.delay(i64::from(attempts));
-            tracing::warn!(%error, retry_in = ?delay, "processing failed; the event will be taken again");
+            let delay = self.retry.delay(i64::from(attempts) - 1);
+            tracing::warn!(%error, max_attempts = max, retry_in = ?delay, "processing failed; the event will be taken again");
             query(&sql.mark_retry)
                 .bind(id)
-                .bind(error.to_string())
                 .bind(ttl_millis(delay))
+                .bind(error.to_string())
                 .execute(&mut *tx)
                 .await?;
         }
-        Ok(false)
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Moves the row to the dead-letter table, recording `made` attempts and
+    /// `error`, if it is still the claim `token`'s; returns whether it did.
+    async fn dead_letter(
+        &self,
+        conn: &mut PgConnection,
+        id: i64,
+        token: i32,
+        made: i32,
+        error: &str,
+    ) -> Result<bool, OutboxError> {
+        let moved = query(&self.outbox.inner.sql.dead_letter)
+            .bind(id)
+            .bind(token)
+            .bind(made)
+            .bind(error)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected()
+            == 1;
+        if !moved {
+            tracing::info!("another worker took the row over; it was not dead-lettered by this one");
+        }
+        Ok(moved)
     }
 
     /// Processes events with `process` forever. Equivalent to
@@ -224,15 +363,14 @@ impl OutboxWorker {
     /// Processes batch after batch until `shutdown` completes, waiting the
     /// [poll interval](Self::with_poll_interval) after an empty batch.
     ///
-    /// A batch in progress when `shutdown` completes is finished and
-    /// committed first.
+    /// A batch in progress when `shutdown` completes is finished first.
     ///
     /// # Errors
     ///
     /// [`OutboxError::Database`] if the **first** batch fails (a missing
     /// table, no connection at start-up: a configuration problem). Later
     /// failures are logged and retried after the poll interval; their rows
-    /// are pending again.
+    /// are taken again when their lease ends.
     pub async fn run_until<F, S>(&self, process: F, shutdown: S) -> Result<(), OutboxError>
     where
         F: for<'c> Fn(&'c mut PgConnection, KlikitEvent) -> BoxFuture<'c, Result<(), ProcessError>>,
@@ -267,6 +405,17 @@ impl OutboxWorker {
     }
 }
 
+/// The message of a caught panic.
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(message) = panic.downcast_ref::<&str>() {
+        (*message).to_owned()
+    } else if let Some(message) = panic.downcast_ref::<String>() {
+        message.clone()
+    } else {
+        "(the panic's payload is not a string)".to_owned()
+    }
+}
+
 impl fmt::Debug for OutboxWorker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OutboxWorker")
@@ -274,6 +423,7 @@ impl fmt::Debug for OutboxWorker {
             .field("batch", &self.batch)
             .field("poll_interval", &self.poll_interval)
             .field("max_attempts", &self.max_attempts)
+            .field("lease", &self.lease)
             .field("retry", &self.retry)
             .finish()
     }

@@ -54,7 +54,7 @@ pub(crate) struct CheckArgs {
 enum SchemeName {
     /// Today's contract (developer.klikit.io): hex HMAC-SHA256 of the raw body.
     Klikit,
-    /// Partner API v1 (t=<unix>,v1=<hex>): not yet supported.
+    /// Partner API v1 (t=…,v1=… over "t.body"): not yet supported.
     KlikitV1,
 }
 

@@ -265,3 +265,24 @@ fn table_output_and_unsupported_scheme() {
     assert!(stderr.contains("klikit-v1 is not yet supported"), "{stderr}");
     assert!(output.stdout.is_empty(), "nothing was sent");
 }
+
+#[test]
+fn nothing_listening_is_one_clear_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let output = Command::new(KLIKIT)
+        .args([
+            "check",
+            &format!("http://127.0.0.1:{port}/webhooks/klikit"),
+            "--secret",
+            SECRET,
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("nothing answers HTTP there"), "{stderr}");
+}

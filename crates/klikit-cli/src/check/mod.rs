@@ -401,6 +401,12 @@ pub(crate) async fn run(args: CheckArgs) -> Result<(), String> {
         current: CheckName::Fixtures,
         late: Vec::new(),
     };
+    if !ctx.endpoint.answers(client::GIVE_UP).await {
+        return Err(format!(
+            "{}: nothing answers HTTP there (is the endpoint running?)",
+            args.url
+        ));
+    }
     if !args.json {
         report::print_header(&args.url, ctx.scheme.name());
     }

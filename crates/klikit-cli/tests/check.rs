@@ -266,6 +266,161 @@ fn table_output_and_unsupported_scheme() {
     assert!(output.stdout.is_empty(), "nothing was sent");
 }
 
+/// A receiver from `tests/flawed/`, on the Python standard library.
+fn python(name: &str) -> Endpoint {
+    let script = format!("{}/tests/flawed/{name}.py", env!("CARGO_MANIFEST_DIR"));
+    Endpoint::start(name, &["python3", "-B", &script], &[])
+}
+
+/// The labels of the deliveries `check` saw answered `status`-wise as
+/// `accepted` (2xx) or not.
+fn labels(check: &Value, accepted: bool) -> Vec<String> {
+    check["seen"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|seen| seen["status"].as_u64().is_some_and(|s| (200..300).contains(&s)) == accepted)
+        .map(|seen| seen["label"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn docs_style_receiver_passes_everything_except_restart() {
+    let endpoint = python("docs_style");
+    let (report, ok) = endpoint.check(&["--restart", &endpoint.restart_command()]);
+    report.assert_verdicts(&[("body-limit", "advice"), ("restart", "fail")]);
+    assert!(!ok, "a failed check fails the run");
+    assert_eq!(report.0["ok"], false);
+    let restart = report.check("restart");
+    assert!(
+        restart["summary"].as_str().unwrap().contains("answered as new"),
+        "{restart:#}"
+    );
+    assert!(restart["fix"].as_str().unwrap().contains("persistent store"));
+}
+
+#[test]
+fn in_memory_ids_fail_only_restart() {
+    let endpoint = python("in_memory");
+    let (report, _) = endpoint.check(&["--restart", &endpoint.restart_command()]);
+    report.assert_verdicts(&[("restart", "fail")]);
+    let restart = report.check("restart");
+    let seen = restart["seen"].as_array().unwrap();
+    let last = seen.last().unwrap();
+    assert_eq!(
+        (last["status"].as_u64(), last["body"].as_str()),
+        (Some(202), Some(r#"{"accepted":true}"#))
+    );
+    assert!(
+        seen.iter().any(|s| s["body"] == r#"{"duplicate":true}"#),
+        "it named the duplicate before the restart: {restart:#}"
+    );
+}
+
+#[test]
+fn reserialising_receiver_fails_only_raw_body() {
+    let endpoint = python("reserialises");
+    let (report, ok) = endpoint.check(&[]);
+    report.assert_verdicts(&[("raw-body", "fail"), ("body-limit", "advice"), ("restart", "skip")]);
+    assert!(!ok);
+    let raw_body = report.check("raw-body");
+    // Compact output with key order and non-ASCII kept: those two survive.
+    assert_eq!(
+        labels(raw_body, false),
+        [
+            "whitespace",
+            "unicode-escapes",
+            "decimal-84.50",
+            "exponent-1e2",
+            "trailing-newline"
+        ],
+        "{raw_body:#}"
+    );
+    assert_eq!(labels(raw_body, true), ["key-order", "non-ascii"]);
+    assert!(raw_body["fix"].as_str().unwrap().contains("re-serialised body"));
+}
+
+#[test]
+fn receiver_refusing_unknown_types_fails_only_unknown_type() {
+    let endpoint = python("refuses_unknown");
+    let (report, _) = endpoint.check(&[]);
+    report.assert_verdicts(&[("unknown-type", "fail"), ("body-limit", "advice"), ("restart", "skip")]);
+    let seen = &report.check("unknown-type")["seen"][0];
+    assert_eq!(seen["status"], 400, "{seen}");
+    assert_eq!(seen["label"], "klikit.order.check-unknown-type.v1");
+}
+
+#[test]
+fn slow_receiver_fails_only_the_deadline() {
+    let endpoint = python("slow");
+    let (report, _) = endpoint.check(&["--only", "refusals,deadline"]);
+    let mut expected: Vec<(&str, &str)> = ALL_CHECKS.iter().map(|name| (*name, "skip")).collect();
+    expected.retain(|(name, _)| !["refusals", "deadline"].contains(name));
+    expected.push(("deadline", "fail"));
+    report.assert_verdicts(&expected);
+    let deadline = report.check("deadline");
+    let late = &deadline["seen"][0];
+    assert_eq!(late["status"], 200, "a 200, but late: {deadline:#}");
+    assert!(late["ms"].as_f64().unwrap() >= 11_000.0, "{deadline:#}");
+    assert_eq!(
+        deadline["latency"]["samples"], 1,
+        "the burst stops at the first late reply"
+    );
+}
+
+#[test]
+fn receiver_expecting_one_order_fails_only_fixtures() {
+    let endpoint = python("single_order");
+    let (report, _) = endpoint.check(&[]);
+    report.assert_verdicts(&[("fixtures", "fail"), ("restart", "skip")]);
+    assert_eq!(labels(report.check("fixtures"), false), ["klikit.order.created.v2"]);
+}
+
+#[test]
+fn prefix_comparing_receiver_fails_only_refusals() {
+    let endpoint = python("prefix_compare");
+    let (report, _) = endpoint.check(&[]);
+    report.assert_verdicts(&[("refusals", "fail"), ("body-limit", "advice"), ("restart", "skip")]);
+    assert_eq!(
+        labels(report.check("refusals"), true),
+        ["signature truncated to 62 digits"]
+    );
+}
+
+#[test]
+fn receiver_answering_duplicates_409_fails_only_duplicate() {
+    let endpoint = python("conflict_on_duplicate");
+    let (report, _) = endpoint.check(&[]);
+    report.assert_verdicts(&[
+        ("duplicate", "fail"),
+        ("concurrency", "advice"),
+        ("body-limit", "advice"),
+        ("restart", "skip"),
+    ]);
+    let duplicate = report.check("duplicate");
+    assert_eq!(duplicate["seen"][1]["status"], 409, "{duplicate:#}");
+    let concurrency = report.check("concurrency");
+    assert!(
+        concurrency["note"].as_str().unwrap().contains("Retry-After"),
+        "{concurrency:#}"
+    );
+}
+
+#[test]
+fn racy_receiver_fails_only_concurrency() {
+    let endpoint = python("racy");
+    let (report, _) = endpoint.check(&[]);
+    report.assert_verdicts(&[("concurrency", "fail"), ("body-limit", "advice"), ("restart", "skip")]);
+    let concurrency = report.check("concurrency");
+    assert!(
+        concurrency["summary"]
+            .as_str()
+            .unwrap()
+            .contains("processed more than once"),
+        "{concurrency:#}"
+    );
+}
+
 #[test]
 fn nothing_listening_is_one_clear_error() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")

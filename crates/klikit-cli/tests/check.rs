@@ -439,5 +439,5 @@ fn nothing_listening_is_one_clear_error() {
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8(output.stderr).unwrap();
-    assert!(stderr.contains("nothing answers HTTP there"), "{stderr}");
+    assert!(stderr.contains("nothing answered HTTP there"), "{stderr}");
 }

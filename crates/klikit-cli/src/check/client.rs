@@ -215,9 +215,25 @@ impl Endpoint {
         }
     }
 
+    /// Whether something answers HTTP on the URL within `timeout`, asking
+    /// every 100 ms.
+    pub(crate) async fn wait_until_answers(&self, timeout: Duration) -> bool {
+        let started = Instant::now();
+        loop {
+            let left = timeout.saturating_sub(started.elapsed());
+            if self.answers(left.min(Duration::from_secs(1))).await {
+                return true;
+            }
+            if started.elapsed() >= timeout {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Whether anything answers HTTP on the endpoint's URL (a `GET`; any
     /// status counts), within `timeout`.
-    pub(crate) async fn answers(&self, timeout: Duration) -> bool {
+    async fn answers(&self, timeout: Duration) -> bool {
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(0)
             .build::<_, Empty<Bytes>>(connector());

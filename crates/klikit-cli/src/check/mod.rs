@@ -326,6 +326,10 @@ impl Outcome {
     }
 }
 
+/// How long the URL may take to answer at all before the checks start
+/// (an endpoint started just before `klikit check`).
+const STARTUP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How many times a copy asked to come back later is sent again.
 pub(crate) const RETRIES: usize = 3;
 
@@ -401,10 +405,11 @@ pub(crate) async fn run(args: CheckArgs) -> Result<(), String> {
         current: CheckName::Fixtures,
         late: Vec::new(),
     };
-    if !ctx.endpoint.answers(client::GIVE_UP).await {
+    if !ctx.endpoint.wait_until_answers(STARTUP_WAIT).await {
         return Err(format!(
-            "{}: nothing answers HTTP there (is the endpoint running?)",
-            args.url
+            "{}: nothing answered HTTP there within {} s (is the endpoint running?)",
+            args.url,
+            STARTUP_WAIT.as_secs()
         ));
     }
     if !args.json {

@@ -135,14 +135,7 @@ pub(super) async fn restart(ctx: &mut Ctx) -> Outcome {
         return Outcome::fail(check, format!("the restart command failed: {error}"), seen);
     }
     let started = Instant::now();
-    let mut up = false;
-    while !up && started.elapsed() < UP_TIMEOUT {
-        up = ctx.endpoint.answers(Duration::from_secs(1)).await;
-        if !up {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    if !up {
+    if !ctx.endpoint.wait_until_answers(UP_TIMEOUT).await {
         seen.push(Seen::error("waiting for the URL", started.elapsed(), "no HTTP answer"));
         let summary = format!(
             "the URL did not answer within {} s of the restart",

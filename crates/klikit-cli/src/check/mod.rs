@@ -453,3 +453,17 @@ async fn run_one(check: CheckName, ctx: &mut Ctx) -> Outcome {
         CheckName::Restart => timing::restart(ctx).await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_names_are_the_ones_only_accepts_and_every_check_is_documented() {
+        for check in CheckName::ALL {
+            assert_eq!(CheckName::from_str(check.name(), false), Ok(check));
+            assert!(help_text().contains(&format!("  {}: ", check.name())));
+        }
+        assert_eq!(CheckName::value_variants(), CheckName::ALL);
+    }
+}

@@ -84,7 +84,7 @@ pub(crate) trait CheckScheme: Send + Sync {
     fn sign(&self, secret: &[u8], event: &Event) -> Delivery;
     /// Deliveries that must be refused, each with a fresh id.
     fn refusals(&self, secret: &[u8], ids: &Ids) -> Vec<(String, Delivery)>;
-    /// The headers whose absence must be refused (for the documentation).
+    /// The headers a delivery must carry: one refusal leaves out each.
     fn required_headers(&self) -> &'static [&'static str];
 }
 

@@ -6,7 +6,10 @@
 //! klikit sign body.json                       # the x-klikit-signature of a file (or - for stdin)
 //! klikit send http://localhost:8080/webhooks/klikit --fixture created --repeat 3
 //! klikit serve                                # the example receiver
+//! klikit check http://localhost:8080/webhooks/klikit   # grade an endpoint against Klikit's contract
 //! ```
+
+mod check;
 
 use std::{
     io::Read,
@@ -48,6 +51,8 @@ enum Command {
     Send(SendArgs),
     /// Run the example receiver (configured by the same environment variables).
     Serve,
+    /// Grade any webhook endpoint against Klikit's contract with real, signed deliveries.
+    Check(check::CheckArgs),
 }
 
 #[derive(clap::Args)]
@@ -199,6 +204,7 @@ async fn main() -> ExitCode {
             klikit_cli::init_tracing();
             klikit_cli::receiver::serve_from_env().await.map_err(|e| e.to_string())
         }
+        Command::Check(args) => check::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

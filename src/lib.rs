@@ -44,6 +44,7 @@
 //!
 //! | condition | status | handler called |
 //! |---|---|---|
+//! | method other than `POST` | 405 + `Allow: POST` | no |
 //! | a Klikit header missing, empty, repeated or invalid | 400 | no |
 //! | body over the limit (default 1 MiB) | 413 | no |
 //! | body not received within the read timeout (default 5 s) | 408 | no |

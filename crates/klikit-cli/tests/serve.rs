@@ -1,0 +1,144 @@
+//! `klikit serve` as a process: what `/metrics` exposes.
+//!
+//! Each test starts the binary on a free loopback port, talks HTTP/1.1 to it
+//! over a plain socket, and kills it when done.
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    path::PathBuf,
+    process::{Child, Command},
+    time::{Duration, Instant},
+};
+
+use klikit_webhook::{EVENT_ID_HEADER, EVENT_TYPE_HEADER, SIGNATURE_HEADER, signature::sign};
+
+const KLIKIT: &str = env!("CARGO_BIN_EXE_klikit");
+const SECRET: &str = "serve-test-secret-0123456789";
+const BODY: &str = r#"{"brand_id":663,"branch_id":1062,"orders":[{"id":7585307,"status":2}]}"#;
+
+/// A running `klikit serve`, killed on drop. Its output goes to a file, so
+/// that a chatty server never blocks on a full pipe and a failure can show it.
+struct Served {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Served {
+    /// Starts `klikit serve` with `KLIKIT_STORE=store` and waits until it
+    /// accepts connections; panics with its output if it exits instead.
+    fn start(store: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = std::env::temp_dir().join(format!("klikit-serve-test-{}-{port}.log", std::process::id()));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(KLIKIT)
+            .arg("serve")
+            .env("KLIKIT_WEBHOOK_SECRET", SECRET)
+            .env("KLIKIT_STORE", store)
+            .env("PORT", port.to_string())
+            .env("BIND", "127.0.0.1")
+            .env("RUST_LOG", "info")
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        let mut served = Self { child, port, log };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = served.child.try_wait().unwrap() {
+                panic!("klikit serve with {store} exited ({status}):\n{}", served.output());
+            }
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return served;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("klikit serve with {store} did not come up:\n{}", served.output());
+    }
+
+    /// What the server printed so far.
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// One request, written whole, then the whole answer: (status, body).
+    fn exchange(&self, head: &str, body: &[u8]) -> (u16, String) {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(body).unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").expect("a complete HTTP answer");
+        (head[9..12].parse().unwrap(), body.to_owned())
+    }
+
+    /// A delivery of [`BODY`] signed as Klikit signs it.
+    fn deliver(&self, id: &str) -> (u16, String) {
+        let signature = sign(SECRET.as_bytes(), BODY.as_bytes());
+        let head = format!(
+            "POST /webhooks/klikit HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\
+             content-type: application/json\r\n{SIGNATURE_HEADER}: {signature}\r\n\
+             {EVENT_ID_HEADER}: {id}\r\n{EVENT_TYPE_HEADER}: klikit.order.created.v2\r\n\
+             content-length: {}\r\n\r\n",
+            BODY.len()
+        );
+        self.exchange(&head, BODY.as_bytes())
+    }
+
+    /// `GET /metrics`.
+    fn scrape(&self) -> String {
+        let (status, body) = self.exchange(
+            "GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n",
+            b"",
+        );
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// A unique event id per test run: persistent stores outlive the process.
+fn event_id(label: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("serve-{label}-{}-{nanos}", std::process::id())
+}
+
+/// The latency is a Prometheus histogram (buckets that sum across
+/// instances), not a summary (quantiles that do not), with buckets up to
+/// Klikit's 10-second deadline.
+#[test]
+fn metrics_expose_the_delivery_latency_as_a_histogram_up_to_10_seconds() {
+    let server = Served::start("memory");
+    assert_eq!(server.deliver(&event_id("metrics")).0, 200);
+    let metrics = server.scrape();
+    let name = "klikit_webhook_delivery_duration_seconds";
+    for line in [
+        format!(r#"{name}_bucket{{outcome="processed",le="0.001"}}"#),
+        format!(r#"{name}_bucket{{outcome="processed",le="10"}} 1"#),
+        format!(r#"{name}_bucket{{outcome="processed",le="+Inf"}} 1"#),
+        format!(r#"{name}_count{{outcome="processed"}} 1"#),
+        format!("# TYPE {name} histogram"),
+    ] {
+        assert!(metrics.contains(&line), "{line} missing from:\n{metrics}");
+    }
+    assert!(
+        !metrics.lines().any(|l| l.starts_with(name) && l.contains("quantile=")),
+        "no summary quantiles:\n{metrics}"
+    );
+}

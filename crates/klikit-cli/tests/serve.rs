@@ -1,7 +1,13 @@
-//! `klikit serve` as a process: what `/metrics` exposes.
+//! `klikit serve` as a process: what `/metrics` exposes, and every form of
+//! `KLIKIT_STORE` (memory, an SQLite path, `sqlite://`, `redis://`,
+//! `postgres://`, and an unknown scheme, which must stop it with one clear
+//! line on stderr).
 //!
 //! Each test starts the binary on a free loopback port, talks HTTP/1.1 to it
-//! over a plain socket, and kills it when done.
+//! over a plain socket, and kills it when done. Redis and Postgres are the
+//! servers at `REDIS_URL` and `DATABASE_URL` (the local ones by default);
+//! when one is unreachable its test says so on stderr and passes, unless
+//! `CI` is set.
 
 use std::{
     io::{Read, Write},
@@ -141,4 +147,175 @@ fn metrics_expose_the_delivery_latency_as_a_histogram_up_to_10_seconds() {
         !metrics.lines().any(|l| l.starts_with(name) && l.contains("quantile=")),
         "no summary quantiles:\n{metrics}"
     );
+}
+
+/// What a receiver with `store` does with a new event and its redelivery;
+/// `backend` is what its log must name.
+fn receives_once_then_ignores_the_duplicate(store: &str, backend: &str) {
+    let server = Served::start(store);
+    let id = event_id(backend);
+    let received = server.deliver(&id);
+    let duplicate = server.deliver(&id);
+    let log = server.output();
+    assert_eq!(
+        received,
+        (200, r#"{"status":"received"}"#.to_owned()),
+        "{store}:\n{log}"
+    );
+    assert_eq!(
+        duplicate,
+        (200, r#"{"status":"duplicate-ignored"}"#.to_owned()),
+        "{store}:\n{log}"
+    );
+    assert!(
+        log.contains(&format!("dedup store: {backend}")),
+        "{store} opened {backend}:\n{log}"
+    );
+}
+
+/// A fresh path in the temporary directory; the files SQLite makes next to
+/// it (`-wal`, `-shm`) are removed with it.
+struct TempPath(PathBuf);
+
+impl TempPath {
+    fn new(label: &str) -> Self {
+        Self(std::env::temp_dir().join(format!("{}.sqlite3", event_id(label))))
+    }
+
+    fn as_str(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", self.as_str()));
+        }
+    }
+}
+
+#[test]
+fn store_memory() {
+    receives_once_then_ignores_the_duplicate("memory", "memory");
+}
+
+#[test]
+fn store_sqlite_path() {
+    let path = TempPath::new("sqlite-path");
+    receives_once_then_ignores_the_duplicate(path.as_str(), "sqlite");
+    assert!(path.0.exists(), "the SQLite file was made at the path");
+}
+
+#[test]
+fn store_sqlite_url() {
+    let path = TempPath::new("sqlite-url");
+    // An absolute path: sqlite:///tmp/...
+    receives_once_then_ignores_the_duplicate(&format!("sqlite://{}", path.as_str()), "sqlite");
+    assert!(path.0.exists(), "the SQLite file was made at the URL's path");
+}
+
+/// `host:port` of `url`, for a reachability probe.
+#[cfg(any(feature = "redis", feature = "postgres"))]
+fn host_port(url: &str, default_port: u16) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    if host.contains(':') {
+        host.to_owned()
+    } else {
+        format!("{host}:{default_port}")
+    }
+}
+
+/// Whether something listens at `url`; when not, fail under `CI` or say so
+/// loudly and skip.
+#[cfg(any(feature = "redis", feature = "postgres"))]
+fn reachable(backend: &str, url: &str, default_port: u16) -> bool {
+    use std::net::ToSocketAddrs;
+    let address = host_port(url, default_port);
+    let connected = address
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .is_some_and(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(3)).is_ok());
+    if !connected {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{backend} at {address} is unreachable and CI is set"
+        );
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: {backend} at {address} is unreachable; set CI=1 to make this a failure"
+        );
+    }
+    connected
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn store_redis() {
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    if reachable("Redis", &url, 6379) {
+        receives_once_then_ignores_the_duplicate(&url, "redis");
+    }
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn store_postgres() {
+    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    if reachable("Postgres", &url, 5432) {
+        receives_once_then_ignores_the_duplicate(&url, "postgres");
+    }
+}
+
+/// `klikit serve` with `KLIKIT_STORE=store` must not start: (exit code,
+/// stderr).
+fn refuses_to_start(store: &str) -> (Option<i32>, String) {
+    let output = Command::new(KLIKIT)
+        .arg("serve")
+        .env("KLIKIT_WEBHOOK_SECRET", SECRET)
+        .env("KLIKIT_STORE", store)
+        .env("PORT", "0")
+        .env("BIND", "127.0.0.1")
+        .output()
+        .unwrap();
+    (output.status.code(), String::from_utf8(output.stderr).unwrap())
+}
+
+#[test]
+fn store_with_an_unknown_scheme_stops_with_one_clear_line() {
+    for (store, scheme) in [
+        ("ftp://files.example/dedup", "ftp://"),
+        ("mysql://db/dedup", "mysql://"),
+    ] {
+        let (code, stderr) = refuses_to_start(store);
+        assert_ne!(code, Some(0), "{store}: {stderr}");
+        assert!(code.is_some(), "{store}: exited, not killed");
+        assert_eq!(stderr.lines().count(), 1, "{store}: one line:\n{stderr}");
+        assert_eq!(
+            stderr.trim_end(),
+            format!("klikit: KLIKIT_STORE: unknown scheme {scheme}"),
+            "{store}"
+        );
+    }
+}
+
+#[cfg(not(feature = "redis"))]
+#[test]
+fn store_redis_without_the_feature_says_which_feature() {
+    let (code, stderr) = refuses_to_start("redis://127.0.0.1:6379");
+    assert_ne!(code, Some(0));
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("build with the `redis` feature"), "{stderr}");
+}
+
+#[cfg(not(feature = "postgres"))]
+#[test]
+fn store_postgres_without_the_feature_says_which_feature() {
+    let (code, stderr) = refuses_to_start("postgres://postgres@127.0.0.1:5432/test");
+    assert_ne!(code, Some(0));
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("build with the `postgres` feature"), "{stderr}");
 }

@@ -23,13 +23,18 @@ use tower::ServiceExt;
 
 const SECRET: &str = "property-test-secret-0123456789";
 const HEX: &[u8; 16] = b"0123456789abcdef";
+/// Cases per property when `PROPTEST_CASES` is not set: fewer than
+/// proptest's 256, since each case goes through the layer.
 const CASES: u32 = 96;
 
+/// `PROPTEST_CASES` wins when set (`Config::default()` reads it, with the
+/// other `PROPTEST_*` variables); otherwise [`CASES`].
 fn runner() -> TestRunner {
-    TestRunner::new(Config {
-        cases: CASES,
-        ..Config::default()
-    })
+    let config = Config::default();
+    if std::env::var_os("PROPTEST_CASES").is_some() {
+        return TestRunner::new(config);
+    }
+    TestRunner::new(Config { cases: CASES, ..config })
 }
 
 /// Runs the property; panics with proptest's minimal failing input.
@@ -266,4 +271,32 @@ fn either_of_two_secrets_passes_with_its_index() {
         }
         Ok(())
     });
+}
+
+/// Counts the cases one property runs and prints the count, for the test
+/// below (which runs it in a child process with `PROPTEST_CASES` set).
+#[test]
+fn cases_probe() {
+    let count = AtomicU64::new(0);
+    check(any::<u8>(), |_| {
+        count.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    });
+    println!("cases run: {}", count.load(Ordering::Relaxed));
+}
+
+#[test]
+fn proptest_cases_from_the_environment_is_honoured() {
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "cases_probe", "--nocapture", "--test-threads=1"])
+        .env("PROPTEST_CASES", "7")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("cases run: 7\n"), "PROPTEST_CASES=7 ran:\n{stdout}");
 }

@@ -31,16 +31,17 @@ pub enum StoreFailurePolicy {
 /// Tower layer that verifies, deduplicates and types Klikit webhooks.
 ///
 /// For every request the service:
-/// 1. requires `x-klikit-signature`, `x-klikit-event-id` and
+/// 1. requires `POST` (405 with `Allow: POST` otherwise);
+/// 2. requires `x-klikit-signature`, `x-klikit-event-id` and
 ///    `x-klikit-event-type` (400 otherwise);
-/// 2. reads the raw body under [`with_body_limit`](Self::with_body_limit)
+/// 3. reads the raw body under [`with_body_limit`](Self::with_body_limit)
 ///    (413) and [`with_body_timeout`](Self::with_body_timeout) (408);
-/// 3. checks the HMAC-SHA256 signature in constant time against every
+/// 4. checks the HMAC-SHA256 signature in constant time against every
 ///    configured secret (401);
-/// 4. claims the event id in the [store](Self::with_store): a processed event
+/// 5. claims the event id in the [store](Self::with_store): a processed event
 ///    gets `200 {"status":"duplicate-ignored"}`, an event in flight gets 409
 ///    with `Retry-After`, a store failure 503 with `Retry-After`;
-/// 5. calls the inner service with a [`KlikitEvent`](crate::KlikitEvent) in the
+/// 6. calls the inner service with a [`KlikitEvent`](crate::KlikitEvent) in the
 ///    request extensions and the same bytes as the request body; a 2xx answer
 ///    completes the claim, anything else (or an error, a panic, a dropped
 ///    connection) releases it so Klikit's retry is processed.

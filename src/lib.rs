@@ -44,6 +44,7 @@
 //!
 //! | condition | status | handler called |
 //! |---|---|---|
+//! | method other than `POST` | 405 + `Allow: POST` | no |
 //! | a Klikit header missing, empty, repeated or invalid | 400 | no |
 //! | body over the limit (default 1 MiB) | 413 | no |
 //! | body not received within the read timeout (default 5 s) | 408 | no |
@@ -126,7 +127,8 @@
 //!   parses it, and the handler reads exactly the verified bytes.
 //! - Signatures are compared in constant time over all 32 bytes, for every
 //!   configured secret. The secret redacts itself in `Debug`, is zeroed on
-//!   drop, and is never logged; nor are signatures or bodies. The layer marks
+//!   drop (and so are the keyed HMAC states made from it), and is never
+//!   logged; nor are signatures or bodies. The layer marks
 //!   `x-klikit-signature` sensitive for the layers inside it.
 //! - The event id and type headers are not signed and there is no
 //!   timestamp, so a captured delivery verifies for ever. Deduplication on the

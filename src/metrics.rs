@@ -9,6 +9,12 @@
 //! [`DeliveryOutcome::ALL`]. Install any
 //! `metrics` recorder (for Prometheus, `metrics-exporter-prometheus`) to
 //! collect them; without one they cost next to nothing.
+//!
+//! `metrics-exporter-prometheus` exports a histogram as a summary
+//! (quantiles, which cannot be added up across instances) unless it is given
+//! buckets: set them for [`DELIVERY_DURATION_SECONDS`] with
+//! `PrometheusBuilder::set_buckets_for_metric`. The reference receiver uses
+//! 1 ms to 10 s, Klikit's deadline (`klikit_cli::receiver::DELIVERY_DURATION_BUCKETS`).
 
 use crate::DeliveryOutcome;
 

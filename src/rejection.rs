@@ -3,7 +3,7 @@
 use std::{borrow::Cow, fmt, time::Duration};
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderValue, Method, Response, StatusCode, header};
 
 use crate::{DeliveryOutcome, InvalidEventId, signature::SignatureError};
 
@@ -12,6 +12,7 @@ use crate::{DeliveryOutcome, InvalidEventId, signature::SignatureError};
 ///
 /// | kind | status | body |
 /// |---|---|---|
+/// | method other than `POST` | 405 + `Allow: POST` | `{"error":"method not allowed"}` |
 /// | missing or empty header | 400 | `{"error":"missing header <name>"}` |
 /// | header repeated or not visible ASCII | 400 | `{"error":"invalid header <name>"}` |
 /// | event id empty, too long, not visible ASCII or repeated | 400 | `{"error":"invalid header <name>: 1 to 256 visible ASCII characters expected"}` |
@@ -37,6 +38,12 @@ pub struct Rejection {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RejectionKind {
+    /// The request is not a `POST`: Klikit POSTs every delivery. Checked
+    /// first, before the headers and the body.
+    MethodNotAllowed {
+        /// The request's method.
+        method: Method,
+    },
     /// A required header is absent or empty.
     MissingHeader(&'static str),
     /// A header is repeated or not visible ASCII.
@@ -89,6 +96,7 @@ impl Rejection {
             | RejectionKind::InvalidHeader(_)
             | RejectionKind::InvalidEventId { .. }
             | RejectionKind::BodyRead => StatusCode::BAD_REQUEST,
+            RejectionKind::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             RejectionKind::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             RejectionKind::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             RejectionKind::InvalidSignature(_) => StatusCode::UNAUTHORIZED,
@@ -110,6 +118,7 @@ impl Rejection {
                 return format!(r#"{{"error":"invalid header {header}: 1 to 256 visible ASCII characters expected"}}"#)
                     .into();
             }
+            RejectionKind::MethodNotAllowed { .. } => r#"{"error":"method not allowed"}"#,
             RejectionKind::PayloadTooLarge { .. } => r#"{"error":"body exceeds the size limit"}"#,
             RejectionKind::BodyTimeout => r#"{"error":"body not received in time"}"#,
             RejectionKind::BodyRead => r#"{"error":"could not read the body"}"#,
@@ -120,10 +129,12 @@ impl Rejection {
         Cow::Borrowed(text)
     }
 
-    /// The outcome this rejection stands for.
+    /// The outcome this rejection stands for. A method other than `POST`
+    /// counts as [`DeliveryOutcome::BadRequest`].
     pub fn outcome(&self) -> DeliveryOutcome {
         match self.kind {
-            RejectionKind::MissingHeader(_)
+            RejectionKind::MethodNotAllowed { .. }
+            | RejectionKind::MissingHeader(_)
             | RejectionKind::InvalidHeader(_)
             | RejectionKind::InvalidEventId { .. }
             | RejectionKind::BodyRead => DeliveryOutcome::BadRequest,
@@ -144,14 +155,19 @@ impl Rejection {
     }
 
     /// Builds the response in any body type: status, JSON body,
-    /// `Retry-After` where it applies, and the rejection itself in the
-    /// extensions.
+    /// `Allow` or `Retry-After` where they apply, and the rejection itself in
+    /// the extensions.
     fn into_http_response<B: FromJson>(self) -> Response<B> {
         let body = match self.body() {
             Cow::Borrowed(text) => Bytes::from_static(text.as_bytes()),
             Cow::Owned(text) => Bytes::from(text),
         };
         let mut response = json_response(self.status(), body);
+        if let RejectionKind::MethodNotAllowed { .. } = self.kind {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        }
         if let Some(after) = self.retry_after() {
             // Whole seconds, rounded up, at least one.
             let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
@@ -180,6 +196,9 @@ impl axum::response::IntoResponse for Rejection {
 impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
+            RejectionKind::MethodNotAllowed { method } => {
+                write!(f, "method {method} not allowed; deliveries are POSTs")
+            }
             RejectionKind::MissingHeader(name) => write!(f, "missing header {name}"),
             RejectionKind::InvalidHeader(name) => write!(f, "invalid header {name}"),
             RejectionKind::InvalidEventId { header, error } => write!(f, "invalid {header}: {error}"),

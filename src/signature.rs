@@ -26,6 +26,25 @@ use crate::{WebhookSecret, scheme::Signatures};
 
 type HmacSha256 = Hmac<Sha256>;
 
+// The keyed HMAC states are as good as the key: whoever reads one from freed
+// memory can sign deliveries. `Verifier` keeps one per secret and every
+// delivery's `VerifyState` clones them, so each must be wiped when dropped.
+// With the `zeroize` features of `hmac` and `sha2` (root Cargo.toml), the
+// SHA-256 chaining state (two per HMAC: key XOR ipad and key XOR opad) and the
+// block buffer zero themselves on drop. This fails to compile if either
+// feature is dropped.
+const _: fn() = || {
+    fn zeroized_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+    // `HmacCore<Sha256>` holds two of these.
+    zeroized_on_drop::<<Sha256 as hmac::EagerHash>::Core>();
+    // The pending partial block of the HMAC (and of the hash of a long key).
+    zeroized_on_drop::<hmac::digest::block_api::Buffer<<Sha256 as hmac::EagerHash>::Core>>();
+    // Used to hash keys longer than the 64-byte block.
+    zeroized_on_drop::<Sha256>();
+    // A finished tag.
+    zeroized_on_drop::<hmac::digest::CtOutput<HmacSha256>>();
+};
+
 /// The length of a signature in hex digits.
 pub const SIGNATURE_HEX_LEN: usize = 64;
 

@@ -7,6 +7,8 @@
 //!   never copied (checked with a 1 KiB and a 64 KiB body).
 //! - The verified bytes, the event's bytes and the handler's body share one
 //!   allocation.
+//! - A body that announces 1 MiB but sends two bytes does not make the layer
+//!   reserve the megabyte: the buffer grows with what arrives.
 //! - A `MemoryStore` holding one million completed ids uses at most 200 bytes
 //!   an id (ignored by default: run with
 //!   `cargo test --release --test alloc -- --ignored --nocapture`).
@@ -167,6 +169,78 @@ fn verified_event_and_handler_bytes_share_one_allocation() {
         &[(sent, sent)],
         "event and handler bytes point into the sent body"
     );
+}
+
+/// A body that announces `announced` bytes (an exact size hint, as a
+/// `Content-Length` gives) but sends only `frames`, then ends or fails.
+struct Announced {
+    frames: std::collections::VecDeque<Bytes>,
+    announced: u64,
+    fail: bool,
+}
+
+impl http_body::Body for Announced {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        std::task::Poll::Ready(match self.frames.pop_front() {
+            Some(frame) => Some(Ok(http_body::Frame::data(frame))),
+            None if self.fail => Some(Err(std::io::Error::other("the sender went away"))),
+            None => None,
+        })
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.announced)
+    }
+}
+
+#[test]
+fn a_large_content_length_with_a_tiny_body_reserves_no_more_than_arrives() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    const ANNOUNCED: usize = 1024 * 1024;
+    // The layer's answer, the request parts and the claim: a few KiB. The
+    // buffer may start at 64 KiB; 1 MiB reserved up front fails this.
+    const BUDGET: usize = 128 * 1024;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let layer = KlikitWebhookLayer::new(WebhookSecret::new(SECRET).unwrap()).with_body_limit(ANNOUNCED);
+    let service =
+        tower::ServiceBuilder::new()
+            .layer(layer)
+            .service_fn(|_: Request<http_body_util::Full<Bytes>>| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::<Bytes>::default()))
+            });
+    for (fail, expected) in [(false, StatusCode::OK), (true, StatusCode::BAD_REQUEST)] {
+        let (parts, _) = signed_request::<Body>(SECRET, &format!("announced-{fail}"), CREATED, "{}").into_parts();
+        let body = Announced {
+            frames: [Bytes::from_static(b"{"), Bytes::from_static(b"}")].into(),
+            announced: ANNOUNCED as u64,
+            fail,
+        };
+        let request = Request::from_parts(parts, body);
+        let region = Region::new(GLOBAL);
+        let response = runtime.block_on(service.clone().oneshot(request)).unwrap();
+        let stats = region.change();
+        assert_eq!(response.status(), expected, "ends with an error: {fail}");
+        drop(response);
+        println!(
+            "2 bytes sent of 1 MiB announced (then {}): {} bytes allocated",
+            if fail { "an error" } else { "the end" },
+            stats.bytes_allocated
+        );
+        assert!(
+            stats.bytes_allocated < BUDGET,
+            "{} bytes allocated for a 2-byte body that announced {ANNOUNCED}",
+            stats.bytes_allocated
+        );
+    }
 }
 
 fn uuid_like(n: u64) -> String {

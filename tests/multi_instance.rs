@@ -204,16 +204,7 @@ mod redis_backend {
     }
 
     async fn cleanup(url: &str, prefix: &str) {
-        let client = redis::Client::open(url).unwrap();
-        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-        let keys: Vec<Vec<u8>> = redis::cmd("KEYS")
-            .arg(format!("{prefix}*"))
-            .query_async(&mut connection)
-            .await
-            .unwrap();
-        for chunk in keys.chunks(500) {
-            let _: i64 = redis::cmd("DEL").arg(chunk).query_async(&mut connection).await.unwrap();
-        }
+        common::redis_delete_prefix(url, prefix).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

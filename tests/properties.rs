@@ -1,5 +1,8 @@
 //! Property tests of signature verification, directly with `Verifier` and
-//! through the layer in an axum `Router`.
+//! through the layer in an axum `Router`: keys of every length around the
+//! 64-byte HMAC block, and bodies split into many frames at random points.
+//!
+//! Each property runs 96 cases, or `PROPTEST_CASES` when it is set.
 
 #![cfg(feature = "axum")]
 
@@ -23,13 +26,18 @@ use tower::ServiceExt;
 
 const SECRET: &str = "property-test-secret-0123456789";
 const HEX: &[u8; 16] = b"0123456789abcdef";
+/// Cases per property when `PROPTEST_CASES` is not set: fewer than
+/// proptest's 256, since each case goes through the layer.
 const CASES: u32 = 96;
 
+/// `PROPTEST_CASES` wins when set (`Config::default()` reads it, with the
+/// other `PROPTEST_*` variables); otherwise [`CASES`].
 fn runner() -> TestRunner {
-    TestRunner::new(Config {
-        cases: CASES,
-        ..Config::default()
-    })
+    let config = Config::default();
+    if std::env::var_os("PROPTEST_CASES").is_some() {
+        return TestRunner::new(config);
+    }
+    TestRunner::new(Config { cases: CASES, ..config })
 }
 
 /// Runs the property; panics with proptest's minimal failing input.
@@ -266,4 +274,194 @@ fn either_of_two_secrets_passes_with_its_index() {
         }
         Ok(())
     });
+}
+
+/// HMAC-SHA256 written out from RFC 2104 with `sha2` alone, independent of
+/// the `hmac` crate: a key longer than the 64-byte block is hashed first;
+/// the key is then zero-padded to the block.
+fn reference_hmac(key: &[u8], body: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut block = [0u8; 64];
+    if key.len() > block.len() {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let pad = |byte: u8| block.map(|b| b ^ byte);
+    let inner = Sha256::new().chain_update(pad(0x36)).chain_update(body).finalize();
+    let outer = Sha256::new().chain_update(pad(0x5c)).chain_update(inner).finalize();
+    hex::encode(outer)
+}
+
+/// Keys shorter than the 64-byte HMAC block, exactly one block, one byte
+/// over it, and longer (hashed to 32 bytes before use).
+fn key_strategy() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        proptest::collection::vec(any::<u8>(), 1..64),
+        proptest::collection::vec(any::<u8>(), 64..=65),
+        proptest::collection::vec(any::<u8>(), 66..300),
+    ]
+}
+
+#[test]
+fn keys_of_any_length_sign_as_rfc_2104_and_verify_through_the_layer() {
+    let rt = runtime();
+    check((key_strategy(), body_strategy(0), any::<Index>()), |(key, body, at)| {
+        let signature = sign(&key, &body);
+        prop_assert_eq!(&signature, &reference_hmac(&key, &body), "key of {} bytes", key.len());
+        if key.len() > 64 {
+            // RFC 2104: a long key and its SHA-256 digest are the same key.
+            use sha2::Digest;
+            prop_assert_eq!(&signature, &sign(&sha2::Sha256::digest(&key), &body));
+        }
+        prop_assert_eq!(
+            Verifier::new(secret(key.clone())).verify(&body, signature.as_bytes()),
+            Ok(0)
+        );
+        let app = app(KlikitWebhookLayer::new(secret(key.clone())));
+        let request = signed_request::<Body>(&key, &fresh_id(), EventType::ORDER_CREATED, body.clone());
+        let answer = rt.block_on(send(&app, request));
+        prop_assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "key of {} bytes: {:?}",
+            key.len(),
+            answer.body
+        );
+
+        // Any one byte of the key changed: refused, long keys included.
+        let mut other = key.clone();
+        let at = at.index(other.len());
+        other[at] = other[at].wrapping_add(1);
+        let request = signed_request::<Body>(&other, &fresh_id(), EventType::ORDER_CREATED, body.clone());
+        let answer = rt.block_on(send(&app, request));
+        prop_assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+        prop_assert_eq!(answer.rejection, Some(MISMATCH));
+        Ok(())
+    });
+}
+
+/// A body sent as `frames`, with an exact size hint (as a `Content-Length`
+/// gives) or none (as a chunked body has).
+struct Framed {
+    frames: http_body_util::StreamBody<futures_util::stream::Iter<std::vec::IntoIter<FrameResult>>>,
+    hint: Option<u64>,
+}
+
+type FrameResult = Result<http_body::Frame<Bytes>, std::convert::Infallible>;
+
+impl Framed {
+    fn new(frames: Vec<Bytes>, hint: Option<u64>) -> Self {
+        let frames: Vec<_> = frames.into_iter().map(|f| Ok(http_body::Frame::data(f))).collect();
+        Self {
+            frames: http_body_util::StreamBody::new(futures_util::stream::iter(frames)),
+            hint,
+        }
+    }
+}
+
+impl http_body::Body for Framed {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.frames).poll_frame(cx)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.hint
+            .map_or_else(http_body::SizeHint::default, http_body::SizeHint::with_exact)
+    }
+}
+
+/// `body` cut at `cuts` (positions, repeats giving empty frames).
+fn split(body: &[u8], cuts: &[Index]) -> Vec<Bytes> {
+    let mut at: Vec<usize> = cuts.iter().map(|cut| cut.index(body.len() + 1)).collect();
+    at.sort_unstable();
+    let mut frames = Vec::with_capacity(at.len() + 1);
+    let mut start = 0;
+    for end in at.into_iter().chain([body.len()]) {
+        frames.push(Bytes::copy_from_slice(&body[start..end]));
+        start = end;
+    }
+    frames
+}
+
+/// Answers the verified bytes, 500 if the handler's body differs from them.
+async fn echo(event: KlikitEvent, body: Bytes) -> Result<Bytes, StatusCode> {
+    if event.body() == &body {
+        Ok(body)
+    } else {
+        Err(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+}
+
+#[test]
+fn any_body_in_any_frames_passes_and_a_flipped_bit_in_any_frame_fails() {
+    let rt = runtime();
+    let app = Router::new()
+        .route(WEBHOOK_PATH, post(echo))
+        .layer(KlikitWebhookLayer::new(secret(SECRET)));
+    let cuts = proptest::collection::vec(any::<Index>(), 1..64);
+    let strategy = (body_strategy(1), cuts, any::<bool>(), any::<Index>());
+    check(strategy, |(body, cuts, hinted, bit)| {
+        let frames = split(&body, &cuts);
+        prop_assert_eq!(frames.concat(), body.clone());
+        let hint = hinted.then_some(body.len() as u64);
+        let delivery = |frames: Vec<Bytes>| {
+            let (parts, _) =
+                signed_request::<Body>(SECRET, &fresh_id(), EventType::ORDER_CREATED, body.clone()).into_parts();
+            Request::from_parts(parts, Body::new(Framed::new(frames, hint)))
+        };
+
+        let answer = rt.block_on(send(&app, delivery(frames.clone())));
+        prop_assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "{} frames: {:?}",
+            frames.len(),
+            answer.body
+        );
+        prop_assert_eq!(&answer.body[..], &body[..], "the handler got the bytes sent");
+
+        // One bit flipped, in whichever frame holds it.
+        let bit = bit.index(body.len() * 8);
+        let mut tampered = body.clone();
+        tampered[bit / 8] ^= 1 << (bit % 8);
+        let answer = rt.block_on(send(&app, delivery(split(&tampered, &cuts))));
+        prop_assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+        prop_assert_eq!(answer.rejection, Some(MISMATCH));
+        Ok(())
+    });
+}
+
+/// Counts the cases one property runs and prints the count, for the test
+/// below (which runs it in a child process with `PROPTEST_CASES` set).
+#[test]
+fn cases_probe() {
+    let count = AtomicU64::new(0);
+    check(any::<u8>(), |_| {
+        count.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    });
+    println!("cases run: {}", count.load(Ordering::Relaxed));
+}
+
+#[test]
+fn proptest_cases_from_the_environment_is_honoured() {
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "cases_probe", "--nocapture", "--test-threads=1"])
+        .env("PROPTEST_CASES", "7")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("cases run: 7\n"), "PROPTEST_CASES=7 ran:\n{stdout}");
 }

@@ -35,19 +35,7 @@ impl StoreFactory for Redis {
     }
 
     async fn cleanup(&self, namespace: &str) {
-        let mut connection = self.connection().await;
-        let keys: Vec<Vec<u8>> = redis::cmd("KEYS")
-            .arg(format!("{namespace}:*"))
-            .query_async(&mut connection)
-            .await
-            .expect("KEYS");
-        if !keys.is_empty() {
-            let _: i64 = redis::cmd("DEL")
-                .arg(keys)
-                .query_async(&mut connection)
-                .await
-                .expect("DEL");
-        }
+        common::redis_delete_prefix(&self.url, &format!("{namespace}:")).await;
     }
 }
 

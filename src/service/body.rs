@@ -21,6 +21,13 @@ use crate::{RejectionKind, signature::VerifyState};
 /// Larger bodies still get the answer but may see the reset.
 const DRAIN_LIMIT: usize = 8 * 1024 * 1024;
 
+/// The most the buffer of a body that arrives in several frames reserves
+/// before more than half of it has arrived. A `Content-Length` costs the
+/// sender nothing: a 2-byte upload announcing the whole limit must not make
+/// the layer reserve the limit, so beyond this the buffer grows (doubling)
+/// with what actually arrives.
+const INITIAL_RESERVATION: usize = 64 * 1024;
+
 /// A delivery's body, not yet read.
 pub(super) struct IncomingBody<B> {
     body: B,
@@ -60,8 +67,9 @@ impl<B: Body> IncomingBody<B> {
     /// each frame to `verify` as it arrives.
     ///
     /// A body that arrives in one frame is returned as that frame's `Bytes`
-    /// without a copy; several frames are gathered into one buffer sized
-    /// from the body's size hint.
+    /// without a copy; several frames are gathered into one buffer that
+    /// starts at the body's size hint, at most [`INITIAL_RESERVATION`] (or
+    /// twice what has arrived), and grows with what arrives.
     pub(super) async fn read(self, verify: &mut VerifyState) -> Result<Bytes, RejectionKind> {
         let limit = self.limit;
         let hint = self.body.size_hint();
@@ -95,8 +103,8 @@ impl<B: Body> IncomingBody<B> {
             if let Some(buffer) = gathered.as_mut() {
                 buffer.extend_from_slice(&chunk);
             } else if let Some(previous) = first.take() {
-                let expected = hint.upper().unwrap_or(hint.lower()).min(limit as u64) as usize;
-                let mut buffer = BytesMut::with_capacity(expected.max(previous.len() + chunk.len()));
+                let arrived = previous.len() + chunk.len();
+                let mut buffer = BytesMut::with_capacity(first_reservation(hint, limit, arrived));
                 buffer.extend_from_slice(&previous);
                 buffer.extend_from_slice(&chunk);
                 gathered = Some(buffer);
@@ -109,6 +117,18 @@ impl<B: Body> IncomingBody<B> {
             None => first.unwrap_or_default(),
         })
     }
+}
+
+/// The capacity of the buffer that gathers a multi-frame body, once its
+/// first two frames (`arrived` bytes) are in: what the size hint announces,
+/// but no more than [`INITIAL_RESERVATION`] or twice what has arrived,
+/// whichever is larger, and never less than what has arrived.
+fn first_reservation(hint: http_body::SizeHint, limit: usize, arrived: usize) -> usize {
+    let announced = hint.upper().unwrap_or(hint.lower()).min(limit as u64);
+    let announced = usize::try_from(announced).unwrap_or(limit);
+    announced
+        .min(INITIAL_RESERVATION.max(arrived.saturating_mul(2)))
+        .max(arrived)
 }
 
 enum Next<D> {

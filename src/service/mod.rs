@@ -2,8 +2,8 @@
 //! concept:
 //!
 //! ```text
-//! headers ──► scheme.parse ──► body (limit, timeout, drain) ──► verify ──► claim ──► inner service ──► finish claim
-//!   (scheme/)                    (body.rs)             (verify.rs)   (claim.rs)                  (claim.rs)
+//! method ──► headers ──► scheme.parse ──► body (limit, timeout, drain) ──► verify ──► claim ──► inner service ──► finish claim
+//!              (scheme/)                    (body.rs)             (verify.rs)   (claim.rs)                  (claim.rs)
 //! ```
 //!
 //! Every delivery ends in one [`DeliveryOutcome`], logged once and recorded
@@ -153,6 +153,12 @@ where
     let started = crate::metrics::start();
     let (parts, body) = request.into_parts();
     let body = IncomingBody::new(body, &parts.headers, config.body_limit, config.body_timeout);
+    if parts.method != http::Method::POST {
+        // Klikit POSTs every delivery: 405 before the headers are read.
+        body.discard().await;
+        let kind = RejectionKind::MethodNotAllowed { method: parts.method };
+        return report::conclude(Ended::Refused(Refusal::Rejected { kind, cause: None }), started);
+    }
     let scheme = config.schemes.select(&parts.headers);
     let delivery = scheme
         .parse(&parts.headers)

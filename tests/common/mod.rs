@@ -62,3 +62,54 @@ pub async fn probe_postgres(url: &str) -> Option<()> {
         Err(_) => unreachable("Postgres", url, "no answer within the probe timeout"),
     }
 }
+
+/// Deletes every key under `prefix` in the Redis at `url`: `SCAN` with
+/// `MATCH prefix*` and `COUNT 1000`, then `UNLINK` of what it found.
+///
+/// Never `KEYS prefix*`: that one command walks the whole keyspace and blocks
+/// the server for every other client meanwhile (it timed out against a Redis
+/// holding 2.8 million unrelated keys). Each `SCAN` step does a bounded amount
+/// of work, so the server keeps answering others in between; the walk as a
+/// whole still visits every key, which is why the test keys also carry TTLs
+/// (a lease or a retention) and a cleanup that does not run leaves nothing
+/// for good. `tests/shared_servers.rs` checks that no test sends `KEYS`.
+#[cfg(feature = "redis")]
+pub async fn redis_delete_prefix(url: &str, prefix: &str) {
+    let client = redis::Client::open(url).expect("redis url");
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection");
+    // The prefix literally: escape the glob characters MATCH knows.
+    let mut pattern = String::with_capacity(prefix.len() + 1);
+    for c in prefix.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('*');
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut connection)
+            .await
+            .expect("SCAN");
+        if !keys.is_empty() {
+            let _: i64 = redis::cmd("UNLINK")
+                .arg(keys)
+                .query_async(&mut connection)
+                .await
+                .expect("UNLINK");
+        }
+        if next == 0 {
+            return;
+        }
+        cursor = next;
+    }
+}

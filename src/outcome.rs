@@ -81,7 +81,8 @@ outcomes! {
     InFlight => "in_flight",
     /// The signature was malformed or wrong: 401.
     InvalidSignature => "invalid_signature",
-    /// A delivery header was missing or invalid, or the body stream failed: 400.
+    /// A delivery header was missing or invalid, or the body stream failed
+    /// (400); or the method was not POST (405).
     BadRequest => "bad_request",
     /// The body was over the limit: 413.
     PayloadTooLarge => "payload_too_large",

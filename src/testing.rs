@@ -41,7 +41,7 @@ pub mod fixtures {
             EventType::OrderCreated => Some(ORDER_CREATED),
             EventType::OrderStatusUpdated => Some(ORDER_STATUS_UPDATED),
             EventType::OrderCartUpdated => Some(ORDER_CART_UPDATED),
-            EventType::Other(_) => None,
+            _ => None,
         }
     }
 }

@@ -6,8 +6,8 @@ use tower_layer::Layer;
 
 use crate::{
     KlikitWebhookService, MemoryStore, WebhookSecret,
-    scheme::{Klikit, Scheme, Schemes},
-    secrets::SecretSource,
+    scheme::{Klikit, KlikitV1, Scheme, Schemes},
+    secrets::{SecretResolver, SecretSource},
     signature::Verifier,
     store::DedupStore,
 };
@@ -113,10 +113,14 @@ impl KlikitWebhookLayer {
     /// A layer that verifies with `secret` and deduplicates in a
     /// [`MemoryStore`].
     pub fn new(secret: WebhookSecret) -> Self {
+        Self::new_with_source(SecretSource::Fixed(Arc::new(Verifier::new(secret))))
+    }
+
+    fn new_with_source(secrets: SecretSource) -> Self {
         Self {
             config: Arc::new(Config {
                 schemes: Schemes::one(Arc::new(Klikit::new())),
-                secrets: SecretSource::Fixed(Arc::new(Verifier::new(secret))),
+                secrets,
                 store: Arc::new(MemoryStore::new()),
                 body_limit: Self::DEFAULT_BODY_LIMIT,
                 body_timeout: Self::DEFAULT_BODY_TIMEOUT,
@@ -129,11 +133,30 @@ impl KlikitWebhookLayer {
         }
     }
 
+    /// A layer that looks up each delivery's secrets by its subscription
+    /// with `resolver` (Partner API v1: one secret per business, named by
+    /// `X-Klikit-Webhook-Id`), and deduplicates in a [`MemoryStore`]. Its
+    /// scheme is [`KlikitV1`](crate::scheme::KlikitV1), whose deliveries name
+    /// their subscription.
+    ///
+    /// An unknown subscription, or a delivery that names none, is refused
+    /// like a wrong signature (401, in the same time); a resolver error is
+    /// 503. Secrets added with [`with_secret`](Self::with_secret) verify the
+    /// deliveries that name no subscription (today's contract on the same
+    /// route during the switch). See the [`secrets`](crate::secrets) module.
+    pub fn per_subscription(resolver: impl SecretResolver) -> Self {
+        let mut layer = Self::new_with_source(SecretSource::resolved(Arc::new(resolver)));
+        layer.config_mut().schemes = Schemes::one(Arc::new(KlikitV1::new()));
+        layer
+    }
+
     fn config_mut(&mut self) -> &mut Config {
         Arc::make_mut(&mut self.config)
     }
 
-    /// Also accepts signatures made with `secret`.
+    /// Also accepts signatures made with `secret`. On a layer built with
+    /// [`per_subscription`](Self::per_subscription), the secrets added here
+    /// verify only the deliveries that name no subscription.
     ///
     /// Klikit switches secrets with no overlap window, so during a rotation
     /// deploy with both the new and the old secret, then remove the old one.

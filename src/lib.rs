@@ -174,7 +174,7 @@ pub mod receiver;
 mod rejection;
 pub mod scheme;
 mod secret;
-mod secrets;
+pub mod secrets;
 mod service;
 pub mod signature;
 pub mod store;
@@ -189,7 +189,7 @@ pub use layer::{KlikitWebhookLayer, StoreFailurePolicy};
 pub use outcome::DeliveryOutcome;
 pub use rejection::{FromJson, Rejection, RejectionKind};
 pub use scheme::klikit::{EVENT_ID_HEADER, EVENT_TYPE_HEADER, SIGNATURE_HEADER};
-pub use secret::{RECOMMENDED_MIN_SECRET_LEN, SECRET_ENV_VAR, WebhookSecret};
+pub use secret::{RECOMMENDED_MIN_SECRET_LEN, SECRET_ENV_VAR, STANDARD_WEBHOOKS_PREFIX, WebhookSecret};
 pub use service::{KlikitWebhookService, ResponseFuture};
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]

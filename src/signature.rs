@@ -253,3 +253,24 @@ pub fn parse_signature(header: &[u8]) -> Result<[u8; 32], SignatureError> {
     hex::decode_to_slice(header, &mut out).map_err(|_| SignatureError::Malformed)?;
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_decoy_does_the_work_and_refuses_even_its_own_key() {
+        let decoy = Verifier::decoy();
+        assert_eq!(decoy.secret_count(), 1);
+        let body = b"{}";
+        let signature = mac_parts(&[0x5a; 32], &[body]);
+        let mut state = decoy.start();
+        state.update(body);
+        assert_eq!(state.finish(&signature), Err(SignatureError::Mismatch));
+        // The same key in a real verifier matches.
+        let real = Verifier::new(WebhookSecret::new(vec![0x5a; 32]).unwrap());
+        let mut state = real.start();
+        state.update(body);
+        assert_eq!(state.finish(&signature), Ok(0));
+    }
+}

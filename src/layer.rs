@@ -31,12 +31,15 @@ pub enum StoreFailurePolicy {
 /// Tower layer that verifies, deduplicates and types Klikit webhooks.
 ///
 /// For every request the service:
-/// 1. requires `x-klikit-signature`, `x-klikit-event-id` and
-///    `x-klikit-event-type` (400 otherwise);
+/// 1. reads the headers of the delivery's [scheme](crate::scheme) (by
+///    default today's contract: `x-klikit-signature`, `x-klikit-event-id` and
+///    `x-klikit-event-type`; 400 when one is missing);
 /// 2. reads the raw body under [`with_body_limit`](Self::with_body_limit)
 ///    (413) and [`with_body_timeout`](Self::with_body_timeout) (408);
 /// 3. checks the HMAC-SHA256 signature in constant time against every
-///    configured secret (401);
+///    configured secret, or the [subscription's](crate::secrets) (401), then
+///    the signed timestamp of schemes that have one (401), then the id to
+///    deduplicate on (400 when the header and the signed body disagree);
 /// 4. claims the event id in the [store](Self::with_store): a processed event
 ///    gets `200 {"status":"duplicate-ignored"}`, an event in flight gets 409
 ///    with `Retry-After`, a store failure 503 with `Retry-After`;

@@ -10,7 +10,10 @@
 //! relative to the repository root. Without them the schema test prints
 //! `SKIPPED: …` and passes.
 
-use std::path::{Path, PathBuf};
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+};
 
 use klikit_webhook::{
     EventType,
@@ -131,8 +134,9 @@ fn every_fixture_validates_against_the_published_schemas() {
             "SKIPPED: no Partner API v1 JSON Schemas at {} (set KLIKIT_PARTNER_SCHEMAS to the openapi/events folder of klikit/klikit-partner, branch partner-api/v1); the v1 fixtures were NOT validated",
             dir.display()
         );
-        println!("{line}");
-        eprintln!("{line}");
+        // Straight to the process's stderr: the harness captures `eprintln!`
+        // of passing tests, and a skip must not go unnoticed.
+        let _ = writeln!(std::io::stderr(), "\n*** {line} ***\n");
         return;
     }
     let shared = read_json(&shared);

@@ -13,6 +13,18 @@ pub enum ConfigError {
         /// The variable's name.
         variable: String,
     },
+    /// A Standard Webhooks secret is not base64 after its optional `whsec_`
+    /// prefix.
+    #[error(
+        "the Standard Webhooks secret is not valid base64 after its optional whsec_ prefix; copy it exactly as the sender shows it"
+    )]
+    InvalidBase64Secret(#[source] base64::DecodeError),
+    /// A subscription was given no secrets.
+    #[error("subscription {subscription:?} has no secrets; give it at least one, newest first")]
+    NoSecrets {
+        /// The subscription id.
+        subscription: String,
+    },
     /// A table or schema name for an SQL dedup store is not a plain
     /// identifier: it must match `[A-Za-z_][A-Za-z0-9_]*` and be at most 63
     /// bytes long.

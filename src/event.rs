@@ -3,9 +3,9 @@
 use std::{borrow::Borrow, fmt, str::FromStr, sync::Arc};
 
 use bytes::Bytes;
-use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de::DeserializeOwned};
 
-use crate::payload::OrderEnvelope;
+use crate::payload::{OrderEnvelope, v1};
 
 /// The longest event id the layer accepts, in bytes.
 pub const MAX_EVENT_ID_LEN: usize = 256;
@@ -122,16 +122,21 @@ impl Borrow<str> for EventId {
     }
 }
 
-/// The value of `x-klikit-event-type`.
+/// The event type: `x-klikit-event-type` under today's contract,
+/// `X-Klikit-Event` (and the body's `event_type`) under Partner API v1.
 ///
-/// Unknown names are not an error: Klikit may add event types, and rejecting
-/// them would make Klikit retry for ever. They arrive as [`EventType::Other`].
+/// Unknown names are not an error: Klikit may add event types (Partner API
+/// v1 says consumers must ignore what they do not know), and rejecting them
+/// would make Klikit retry for ever. They arrive as [`EventType::Other`].
+/// During the switch to v1 one handler can match both contracts' names.
 ///
 /// ```
 /// use klikit_webhook::EventType;
 ///
 /// assert_eq!(EventType::from_name("klikit.order.status.updated"), EventType::OrderStatusUpdated);
-/// assert_eq!(EventType::from_name("klikit.menu.updated").as_str(), "klikit.menu.updated");
+/// assert_eq!(EventType::from_name("order.placed.v1"), EventType::OrderPlacedV1);
+/// assert_eq!(EventType::from_name("order.placed.v2").as_str(), "order.placed.v2");
+/// assert!(EventType::OrderDeliveredV1.is_v1());
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -142,6 +147,20 @@ pub enum EventType {
     OrderStatusUpdated,
     /// `klikit.order.cart.updated`: an order's whole cart was replaced.
     OrderCartUpdated,
+    /// `order.placed.v1`: a new order arrived (once per order).
+    OrderPlacedV1,
+    /// `order.updated.v1`: order details changed, not its status.
+    OrderUpdatedV1,
+    /// `order.cancelled.v1`: the order was cancelled, by any party.
+    OrderCancelledV1,
+    /// `order.amended.v1`: an operator corrected the order.
+    OrderAmendedV1,
+    /// `order.courier_assigned.v1`: a rider was assigned (delivery orders).
+    OrderCourierAssignedV1,
+    /// `order.picked_up.v1`: the order left the store.
+    OrderPickedUpV1,
+    /// `order.delivered.v1`: the delivery order was delivered.
+    OrderDeliveredV1,
     /// Any other event name, passed on unchanged.
     Other(Arc<str>),
 }
@@ -153,6 +172,31 @@ impl EventType {
     pub const ORDER_STATUS_UPDATED: &'static str = "klikit.order.status.updated";
     /// `klikit.order.cart.updated`
     pub const ORDER_CART_UPDATED: &'static str = "klikit.order.cart.updated";
+    /// `order.placed.v1`
+    pub const ORDER_PLACED_V1: &'static str = "order.placed.v1";
+    /// `order.updated.v1`
+    pub const ORDER_UPDATED_V1: &'static str = "order.updated.v1";
+    /// `order.cancelled.v1`
+    pub const ORDER_CANCELLED_V1: &'static str = "order.cancelled.v1";
+    /// `order.amended.v1`
+    pub const ORDER_AMENDED_V1: &'static str = "order.amended.v1";
+    /// `order.courier_assigned.v1`
+    pub const ORDER_COURIER_ASSIGNED_V1: &'static str = "order.courier_assigned.v1";
+    /// `order.picked_up.v1`
+    pub const ORDER_PICKED_UP_V1: &'static str = "order.picked_up.v1";
+    /// `order.delivered.v1`
+    pub const ORDER_DELIVERED_V1: &'static str = "order.delivered.v1";
+
+    /// The seven event types of Partner API v1's registry.
+    pub const V1: [EventType; 7] = [
+        Self::OrderPlacedV1,
+        Self::OrderUpdatedV1,
+        Self::OrderCancelledV1,
+        Self::OrderAmendedV1,
+        Self::OrderCourierAssignedV1,
+        Self::OrderPickedUpV1,
+        Self::OrderDeliveredV1,
+    ];
 
     /// Parses an event name; never fails.
     pub fn from_name(name: &str) -> Self {
@@ -160,6 +204,13 @@ impl EventType {
             Self::ORDER_CREATED => Self::OrderCreated,
             Self::ORDER_STATUS_UPDATED => Self::OrderStatusUpdated,
             Self::ORDER_CART_UPDATED => Self::OrderCartUpdated,
+            Self::ORDER_PLACED_V1 => Self::OrderPlacedV1,
+            Self::ORDER_UPDATED_V1 => Self::OrderUpdatedV1,
+            Self::ORDER_CANCELLED_V1 => Self::OrderCancelledV1,
+            Self::ORDER_AMENDED_V1 => Self::OrderAmendedV1,
+            Self::ORDER_COURIER_ASSIGNED_V1 => Self::OrderCourierAssignedV1,
+            Self::ORDER_PICKED_UP_V1 => Self::OrderPickedUpV1,
+            Self::ORDER_DELIVERED_V1 => Self::OrderDeliveredV1,
             other => Self::Other(Arc::from(other)),
         }
     }
@@ -170,8 +221,20 @@ impl EventType {
             Self::OrderCreated => Self::ORDER_CREATED,
             Self::OrderStatusUpdated => Self::ORDER_STATUS_UPDATED,
             Self::OrderCartUpdated => Self::ORDER_CART_UPDATED,
+            Self::OrderPlacedV1 => Self::ORDER_PLACED_V1,
+            Self::OrderUpdatedV1 => Self::ORDER_UPDATED_V1,
+            Self::OrderCancelledV1 => Self::ORDER_CANCELLED_V1,
+            Self::OrderAmendedV1 => Self::ORDER_AMENDED_V1,
+            Self::OrderCourierAssignedV1 => Self::ORDER_COURIER_ASSIGNED_V1,
+            Self::OrderPickedUpV1 => Self::ORDER_PICKED_UP_V1,
+            Self::OrderDeliveredV1 => Self::ORDER_DELIVERED_V1,
             Self::Other(name) => name,
         }
+    }
+
+    /// Whether this is one of Partner API v1's seven event types.
+    pub fn is_v1(&self) -> bool {
+        Self::V1.contains(self)
     }
 
     /// Whether this is one of the event types this crate knows.
@@ -183,6 +246,20 @@ impl EventType {
 impl fmt::Display for EventType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for EventType {
+    /// Any string; never fails on an unknown name.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        Ok(Self::from_name(&name))
+    }
+}
+
+impl Serialize for EventType {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 
@@ -256,6 +333,28 @@ impl KlikitEvent {
     ///
     /// Returns the JSON error if the body does not fit the envelope.
     pub fn payload(&self) -> Result<OrderEnvelope, serde_json::Error> {
+        self.json()
+    }
+
+    /// Parses the body as a Partner API v1 envelope (`event_id`,
+    /// `event_type`, `created_at`, `business_id`, `data`: the whole current
+    /// [`Order`](v1::Order)), for deliveries of the
+    /// [`KlikitV1`](crate::scheme::KlikitV1) scheme. Unknown fields and enum
+    /// values are kept or ignored, never an error.
+    ///
+    /// ```
+    /// use klikit_webhook::{EventType, KlikitEvent, payload::v1::{OrderStatus, fixtures}};
+    ///
+    /// let event = KlikitEvent::new("evt".parse().unwrap(), EventType::OrderPlacedV1, fixtures::ORDER_PLACED.into());
+    /// let envelope = event.v1_payload().unwrap();
+    /// assert_eq!(envelope.event_type, EventType::OrderPlacedV1);
+    /// assert_eq!(envelope.data.status, OrderStatus::Placed);
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// Returns the JSON error if the body does not fit the envelope.
+    pub fn v1_payload(&self) -> Result<v1::Envelope, serde_json::Error> {
         self.json()
     }
 

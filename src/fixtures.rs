@@ -22,12 +22,14 @@ pub const ORDER_STATUS_UPDATED: &str = include_str!("../fixtures/order_status_up
 /// `klikit.order.cart.updated`: the whole new cart of an order in progress.
 pub const ORDER_CART_UPDATED: &str = include_str!("../fixtures/order_cart_updated.json");
 
-/// The fixture for a known event type; `None` for [`EventType::Other`].
+/// The fixture for a known event type (Partner API v1 types from
+/// [`payload::v1::fixtures`](crate::payload::v1::fixtures)); `None` for
+/// [`EventType::Other`].
 pub fn for_event_type(event_type: &EventType) -> Option<&'static str> {
     match event_type {
         EventType::OrderCreated => Some(ORDER_CREATED),
         EventType::OrderStatusUpdated => Some(ORDER_STATUS_UPDATED),
         EventType::OrderCartUpdated => Some(ORDER_CART_UPDATED),
-        EventType::Other(_) => None,
+        other => crate::payload::v1::fixtures::for_event_type(other),
     }
 }

@@ -6,8 +6,8 @@ use tower_layer::Layer;
 
 use crate::{
     KlikitWebhookService, MemoryStore, WebhookSecret,
-    scheme::{Klikit, Scheme, Schemes},
-    secrets::SecretSource,
+    scheme::{Klikit, KlikitV1, Scheme, Schemes},
+    secrets::{SecretResolver, SecretSource},
     signature::Verifier,
     store::DedupStore,
 };
@@ -32,12 +32,15 @@ pub enum StoreFailurePolicy {
 ///
 /// For every request the service:
 /// 1. requires `POST` (405 with `Allow: POST` otherwise);
-/// 2. requires `x-klikit-signature`, `x-klikit-event-id` and
-///    `x-klikit-event-type` (400 otherwise);
+/// 2. reads the headers of the delivery's [scheme](crate::scheme) (by
+///    default today's contract: `x-klikit-signature`, `x-klikit-event-id` and
+///    `x-klikit-event-type`; 400 when one is missing);
 /// 3. reads the raw body under [`with_body_limit`](Self::with_body_limit)
 ///    (413) and [`with_body_timeout`](Self::with_body_timeout) (408);
 /// 4. checks the HMAC-SHA256 signature in constant time against every
-///    configured secret (401);
+///    configured secret, or the [subscription's](crate::secrets) (401), then
+///    the signed timestamp of schemes that have one (401), then the id to
+///    deduplicate on (400 when the header and the signed body disagree);
 /// 5. claims the event id in the [store](Self::with_store): a processed event
 ///    gets `200 {"status":"duplicate-ignored"}`, an event in flight gets 409
 ///    with `Retry-After`, a store failure 503 with `Retry-After`;
@@ -114,10 +117,14 @@ impl KlikitWebhookLayer {
     /// A layer that verifies with `secret` and deduplicates in a
     /// [`MemoryStore`].
     pub fn new(secret: WebhookSecret) -> Self {
+        Self::new_with_source(SecretSource::Fixed(Arc::new(Verifier::new(secret))))
+    }
+
+    fn new_with_source(secrets: SecretSource) -> Self {
         Self {
             config: Arc::new(Config {
                 schemes: Schemes::one(Arc::new(Klikit::new())),
-                secrets: SecretSource::Fixed(Arc::new(Verifier::new(secret))),
+                secrets,
                 store: Arc::new(MemoryStore::new()),
                 body_limit: Self::DEFAULT_BODY_LIMIT,
                 body_timeout: Self::DEFAULT_BODY_TIMEOUT,
@@ -130,11 +137,30 @@ impl KlikitWebhookLayer {
         }
     }
 
+    /// A layer that looks up each delivery's secrets by its subscription
+    /// with `resolver` (Partner API v1: one secret per business, named by
+    /// `X-Klikit-Webhook-Id`), and deduplicates in a [`MemoryStore`]. Its
+    /// scheme is [`KlikitV1`](crate::scheme::KlikitV1), whose deliveries name
+    /// their subscription.
+    ///
+    /// An unknown subscription, or a delivery that names none, is refused
+    /// like a wrong signature (401, in the same time); a resolver error is
+    /// 503. Secrets added with [`with_secret`](Self::with_secret) verify the
+    /// deliveries that name no subscription (today's contract on the same
+    /// route during the switch). See the [`secrets`](crate::secrets) module.
+    pub fn per_subscription(resolver: impl SecretResolver) -> Self {
+        let mut layer = Self::new_with_source(SecretSource::resolved(Arc::new(resolver)));
+        layer.config_mut().schemes = Schemes::one(Arc::new(KlikitV1::new()));
+        layer
+    }
+
     fn config_mut(&mut self) -> &mut Config {
         Arc::make_mut(&mut self.config)
     }
 
-    /// Also accepts signatures made with `secret`.
+    /// Also accepts signatures made with `secret`. On a layer built with
+    /// [`per_subscription`](Self::per_subscription), the secrets added here
+    /// verify only the deliveries that name no subscription.
     ///
     /// Klikit switches secrets with no overlap window, so during a rotation
     /// deploy with both the new and the old secret, then remove the old one.

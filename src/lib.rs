@@ -48,13 +48,64 @@
 //! | a Klikit header missing, empty, repeated or invalid | 400 | no |
 //! | body over the limit (default 1 MiB) | 413 | no |
 //! | body not received within the read timeout (default 5 s) | 408 | no |
-//! | signature malformed or wrong | 401 | no |
+//! | signature malformed or wrong | 401 `{"error":"invalid signature"}` | no |
+//! | [per-subscription secrets](secrets): unknown subscription, or none named | 401, the same answer as a wrong signature, in the same time | no |
+//! | timestamped [schemes](scheme) (`KlikitV1`, `StandardWebhooks`): signed timestamp stale or in the future beyond the tolerance (default 300 s) | 401 `{"error":"timestamp outside the tolerance"}` | no |
+//! | `KlikitV1`: event id header differs from the signed body's `event_id` | 400 | no |
 //! | event already processed | 200 `{"status":"duplicate-ignored"}` | no |
 //! | event being processed by another delivery | 409 + `Retry-After` | no |
 //! | dedup store failed or timed out | 503 + `Retry-After` | no (unless failing open) |
+//! | [secret resolver](secrets::SecretResolver) failed or timed out | 503 + `Retry-After` | no |
 //! | otherwise | the handler's answer; 2xx completes the claim, anything else releases it | yes |
 //!
 //! Klikit retries every non-2xx answer, so nothing refused here is lost.
+//!
+//! # Klikit Partner API v1, Standard Webhooks
+//!
+//! How a delivery is signed is a [`scheme`]: [`Klikit`](scheme::Klikit)
+//! (today's contract, the default), [`KlikitV1`](scheme::KlikitV1) (Partner
+//! API v1: `t=<unix>,v1=<hex>` over `<t>.<body>`, a replay window, the event
+//! id signed inside the body, [typed v1 events](payload::v1)) and
+//! [`StandardWebhooks`](scheme::StandardWebhooks). During Klikit's switch,
+//! one route accepts both Klikit contracts:
+//!
+//! ```
+//! use axum::{Router, body::Body, http::StatusCode, routing::post};
+//! use klikit_webhook::{
+//!     EventType, KlikitEvent, KlikitWebhookLayer, WebhookSecret,
+//!     payload::v1::fixtures,
+//!     scheme::{Klikit, KlikitV1, Outgoing, signed_request_with},
+//!     testing::signed_request,
+//! };
+//! use tower::ServiceExt;
+//!
+//! async fn handle(event: KlikitEvent) -> StatusCode {
+//!     match event.event_type() {
+//!         EventType::OrderCreated => println!("{} order(s)", event.payload().unwrap().orders.len()),
+//!         EventType::OrderPlacedV1 => println!("order {}", event.v1_payload().unwrap().data.short_id),
+//!         other => println!("ignored: {other}"),
+//!     }
+//!     StatusCode::OK
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let secret = WebhookSecret::new("a-long-random-webhook-secret").unwrap();
+//! let app = Router::new()
+//!     .route("/webhooks/klikit", post(handle))
+//!     .layer(KlikitWebhookLayer::new(secret.clone()).with_scheme(Klikit::new()).with_extra_scheme(KlikitV1::new()));
+//!
+//! let today = signed_request::<Body>("a-long-random-webhook-secret", "evt-1", "klikit.order.created.v2", r#"{"brand_id":1,"branch_id":2,"orders":[]}"#);
+//! assert_eq!(app.clone().oneshot(today).await.unwrap().status(), StatusCode::OK);
+//!
+//! let v1 = Outgoing::new("0b6f3d2e-8c41-4a7f-9e15-3d27c8a4b901", "order.placed.v1", fixtures::ORDER_PLACED.as_bytes());
+//! let v1 = signed_request_with::<Body>(&KlikitV1::new(), &secret, &v1);
+//! assert_eq!(app.oneshot(v1).await.unwrap().status(), StatusCode::OK);
+//! # }
+//! ```
+//!
+//! Under v1 each business has its own secret: build the layer with
+//! [`KlikitWebhookLayer::per_subscription`] and a [`SecretResolver`](secrets::SecretResolver).
 //!
 //! # How deduplication works
 //!
@@ -130,12 +181,19 @@
 //!   drop (and so are the keyed HMAC states made from it), and is never
 //!   logged; nor are signatures or bodies. The layer marks
 //!   `x-klikit-signature` sensitive for the layers inside it.
-//! - The event id and type headers are not signed and there is no
-//!   timestamp, so a captured delivery verifies for ever. Deduplication on the
+//! - Under today's contract the event id and type headers are not signed and
+//!   there is no timestamp, so a captured delivery verifies for ever. Deduplication on the
 //!   id stops a replay under the same id within the retention window;
 //!   [`with_signature_dedup`](KlikitWebhookLayer::with_signature_dedup) also
 //!   stops the same body under a new id. Beyond the retention window only
 //!   idempotent handlers (order id plus `updated_at`) protect you.
+//! - [`KlikitV1`](scheme::KlikitV1) and
+//!   [`StandardWebhooks`](scheme::StandardWebhooks) sign a timestamp and
+//!   refuse one more than the tolerance (300 s) away, after the signature
+//!   matched; under v1 the deduplication id is the `event_id` inside the
+//!   signed body, so a replay under a new header id is refused (400).
+//! - With [secrets per subscription](secrets), an unknown subscription is
+//!   refused like a forgery, the body hashed under a decoy key.
 //! - Bodies are bounded in size and time; oversized bodies are drained (up to
 //!   8 MiB) so the sender reads the 413 instead of a connection reset.
 //!
@@ -169,7 +227,7 @@ pub mod payload;
 mod rejection;
 pub mod scheme;
 mod secret;
-mod secrets;
+pub mod secrets;
 mod service;
 pub mod signature;
 pub mod store;
@@ -186,7 +244,7 @@ pub use layer::{KlikitWebhookLayer, StoreFailurePolicy};
 pub use outcome::DeliveryOutcome;
 pub use rejection::{FromJson, Rejection, RejectionKind};
 pub use scheme::klikit::{EVENT_ID_HEADER, EVENT_TYPE_HEADER, SIGNATURE_HEADER};
-pub use secret::{RECOMMENDED_MIN_SECRET_LEN, SECRET_ENV_VAR, WebhookSecret};
+pub use secret::{RECOMMENDED_MIN_SECRET_LEN, SECRET_ENV_VAR, STANDARD_WEBHOOKS_PREFIX, WebhookSecret};
 pub use service::{KlikitWebhookService, ResponseFuture};
 // The stores' own items carry their `doc(cfg)`; the re-exports inherit it.
 #[cfg(feature = "postgres")]

@@ -79,10 +79,15 @@ outcomes! {
     Duplicate => "duplicate",
     /// Another delivery of the event holds the claim: 409.
     InFlight => "in_flight",
-    /// The signature was malformed or wrong: 401.
+    /// The signature was malformed or wrong, or the subscription has no
+    /// secrets: 401.
     InvalidSignature => "invalid_signature",
-    /// A delivery header was missing or invalid, or the body stream failed
-    /// (400); or the method was not POST (405).
+    /// The signature matched but its timestamp is outside the scheme's
+    /// tolerance (too old or too far in the future): 401.
+    TimestampOutOfTolerance => "timestamp_out_of_tolerance",
+    /// A delivery header was missing or invalid, the event id header
+    /// disagreed with the signed body, or the body stream failed (400); or
+    /// the method was not POST (405).
     BadRequest => "bad_request",
     /// The body was over the limit: 413.
     PayloadTooLarge => "payload_too_large",
@@ -90,6 +95,8 @@ outcomes! {
     BodyTimeout => "body_timeout",
     /// The dedup store failed or timed out: 503.
     StoreUnavailable => "store_unavailable",
+    /// The secret resolver failed or timed out: 503.
+    SecretsUnavailable => "secrets_unavailable",
 }
 
 impl DeliveryOutcome {

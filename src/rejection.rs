@@ -5,7 +5,7 @@ use std::{borrow::Cow, fmt, time::Duration};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode, header};
 
-use crate::{DeliveryOutcome, InvalidEventId, signature::SignatureError};
+use crate::{DeliveryOutcome, InvalidEventId, scheme::TimestampError, signature::SignatureError};
 
 /// Why the layer refused a delivery. It is also inserted into the response's
 /// extensions, so outer layers (logging, metrics) can tell rejections apart.
@@ -19,9 +19,12 @@ use crate::{DeliveryOutcome, InvalidEventId, signature::SignatureError};
 /// | body larger than the limit | 413 | `{"error":"body exceeds the size limit"}` |
 /// | body not received within the read timeout | 408 | `{"error":"body not received in time"}` |
 /// | body stream failed | 400 | `{"error":"could not read the body"}` |
-/// | signature malformed or wrong | 401 | `{"error":"invalid signature"}` |
+/// | signature malformed or wrong; unknown subscription | 401 | `{"error":"invalid signature"}` |
+/// | signed timestamp too old or too far in the future | 401 | `{"error":"timestamp outside the tolerance"}` |
+/// | event id header differs from the signed body's `event_id` | 400 | `{"error":"<name> does not match the signed event_id"}` |
 /// | event in flight elsewhere | 409 + `Retry-After` | `{"error":"event is being processed"}` |
 /// | dedup store failed or timed out | 503 + `Retry-After` | `{"error":"dedup store unavailable"}` |
+/// | secret resolver failed or timed out | 503 + `Retry-After` | `{"error":"secrets unavailable"}` |
 ///
 /// Duplicates are not rejections: they get `200 {"status":"duplicate-ignored"}`
 /// so that Klikit stops retrying.
@@ -65,8 +68,20 @@ pub enum RejectionKind {
     BodyTimeout,
     /// The body stream failed (the client went away, a malformed chunk, ...).
     BodyRead,
-    /// The signature is malformed or does not match.
+    /// The signature is malformed or does not match. A delivery whose
+    /// subscription has no secrets gets this too, so that an unknown
+    /// subscription cannot be told apart from a forgery.
     InvalidSignature(SignatureError),
+    /// The signature matched, but the signed timestamp is further from the
+    /// receiver's clock than the scheme's tolerance (a replay, or a clock
+    /// off by minutes).
+    TimestampOutOfTolerance(TimestampError),
+    /// The signature matched, but the event id header names another event
+    /// than the `event_id` in the signed body.
+    EventIdMismatch {
+        /// The event id header's name.
+        header: &'static str,
+    },
     /// Another delivery of the same event holds an unexpired claim.
     InFlight {
         /// When to retry.
@@ -74,6 +89,9 @@ pub enum RejectionKind {
     },
     /// The dedup store failed or did not answer in time.
     StoreUnavailable,
+    /// The [`SecretResolver`](crate::secrets::SecretResolver) failed or did
+    /// not answer in time.
+    SecretsUnavailable,
 }
 
 /// `Retry-After` sent with 503 answers.
@@ -95,13 +113,14 @@ impl Rejection {
             RejectionKind::MissingHeader(_)
             | RejectionKind::InvalidHeader(_)
             | RejectionKind::InvalidEventId { .. }
+            | RejectionKind::EventIdMismatch { .. }
             | RejectionKind::BodyRead => StatusCode::BAD_REQUEST,
             RejectionKind::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             RejectionKind::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             RejectionKind::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            RejectionKind::InvalidSignature(_) => StatusCode::UNAUTHORIZED,
+            RejectionKind::InvalidSignature(_) | RejectionKind::TimestampOutOfTolerance(_) => StatusCode::UNAUTHORIZED,
             RejectionKind::InFlight { .. } => StatusCode::CONFLICT,
-            RejectionKind::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            RejectionKind::StoreUnavailable | RejectionKind::SecretsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -119,12 +138,17 @@ impl Rejection {
                     .into();
             }
             RejectionKind::MethodNotAllowed { .. } => r#"{"error":"method not allowed"}"#,
+            RejectionKind::EventIdMismatch { header } => {
+                return format!(r#"{{"error":"{header} does not match the signed event_id"}}"#).into();
+            }
             RejectionKind::PayloadTooLarge { .. } => r#"{"error":"body exceeds the size limit"}"#,
             RejectionKind::BodyTimeout => r#"{"error":"body not received in time"}"#,
             RejectionKind::BodyRead => r#"{"error":"could not read the body"}"#,
             RejectionKind::InvalidSignature(_) => r#"{"error":"invalid signature"}"#,
+            RejectionKind::TimestampOutOfTolerance(_) => r#"{"error":"timestamp outside the tolerance"}"#,
             RejectionKind::InFlight { .. } => r#"{"error":"event is being processed"}"#,
             RejectionKind::StoreUnavailable => r#"{"error":"dedup store unavailable"}"#,
+            RejectionKind::SecretsUnavailable => r#"{"error":"secrets unavailable"}"#,
         };
         Cow::Borrowed(text)
     }
@@ -137,19 +161,22 @@ impl Rejection {
             | RejectionKind::MissingHeader(_)
             | RejectionKind::InvalidHeader(_)
             | RejectionKind::InvalidEventId { .. }
+            | RejectionKind::EventIdMismatch { .. }
             | RejectionKind::BodyRead => DeliveryOutcome::BadRequest,
             RejectionKind::PayloadTooLarge { .. } => DeliveryOutcome::PayloadTooLarge,
             RejectionKind::BodyTimeout => DeliveryOutcome::BodyTimeout,
             RejectionKind::InvalidSignature(_) => DeliveryOutcome::InvalidSignature,
+            RejectionKind::TimestampOutOfTolerance(_) => DeliveryOutcome::TimestampOutOfTolerance,
             RejectionKind::InFlight { .. } => DeliveryOutcome::InFlight,
             RejectionKind::StoreUnavailable => DeliveryOutcome::StoreUnavailable,
+            RejectionKind::SecretsUnavailable => DeliveryOutcome::SecretsUnavailable,
         }
     }
 
     fn retry_after(&self) -> Option<Duration> {
         match self.kind {
             RejectionKind::InFlight { retry_after } => Some(retry_after),
-            RejectionKind::StoreUnavailable => Some(STORE_RETRY_AFTER),
+            RejectionKind::StoreUnavailable | RejectionKind::SecretsUnavailable => Some(STORE_RETRY_AFTER),
             _ => None,
         }
     }
@@ -206,8 +233,14 @@ impl fmt::Display for Rejection {
             RejectionKind::BodyTimeout => f.write_str("body not received within the read timeout"),
             RejectionKind::BodyRead => f.write_str("could not read the body"),
             RejectionKind::InvalidSignature(e) => write!(f, "invalid signature: {e}"),
+            RejectionKind::TimestampOutOfTolerance(e) => write!(f, "timestamp outside the tolerance: {e}"),
+            RejectionKind::EventIdMismatch { header } => write!(
+                f,
+                "{header} does not match the event_id in the signed body (a replay under another id, or a proxy rewriting headers)"
+            ),
             RejectionKind::InFlight { .. } => f.write_str("event is being processed by another delivery"),
             RejectionKind::StoreUnavailable => f.write_str("dedup store unavailable"),
+            RejectionKind::SecretsUnavailable => f.write_str("secret resolver unavailable"),
         }
     }
 }

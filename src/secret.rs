@@ -2,6 +2,11 @@
 
 use std::fmt;
 
+use base64::{
+    Engine,
+    alphabet::STANDARD,
+    engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig},
+};
 use zeroize::Zeroizing;
 
 use crate::ConfigError;
@@ -10,6 +15,13 @@ use crate::ConfigError;
 /// when the secret is created: they can be guessed offline from one captured
 /// delivery.
 pub const RECOMMENDED_MIN_SECRET_LEN: usize = 16;
+
+/// The prefix of Standard Webhooks secrets, `whsec_`.
+pub const STANDARD_WEBHOOKS_PREFIX: &str = "whsec_";
+
+/// The Standard Webhooks specification asks for keys of 24 to 64 bytes;
+/// shorter ones are accepted with a warning.
+const STANDARD_WEBHOOKS_MIN_KEY_LEN: usize = 24;
 
 /// The name of the environment variable the examples read the secret from.
 pub const SECRET_ENV_VAR: &str = "KLIKIT_WEBHOOK_SECRET";
@@ -59,6 +71,49 @@ impl WebhookSecret {
             );
         }
         Ok(Self(secret))
+    }
+
+    /// A [Standard Webhooks](crate::scheme::StandardWebhooks) secret:
+    /// `whsec_<base64>` (the prefix is optional), whose HMAC key is the
+    /// **decoded** bytes. Padding is optional and unused trailing bits are
+    /// ignored, as in the specification's Python library.
+    ///
+    /// ```
+    /// use klikit_webhook::WebhookSecret;
+    ///
+    /// let with_prefix = WebhookSecret::standard_webhooks("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+    /// let without = WebhookSecret::standard_webhooks("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+    /// assert_eq!(with_prefix.expose(), without.expose());
+    /// assert_eq!(with_prefix.expose().len(), 24);
+    /// assert!(WebhookSecret::standard_webhooks("whsec_").is_err());
+    /// assert!(WebhookSecret::standard_webhooks("whsec_not base64!").is_err());
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::EmptySecret`] if nothing follows the prefix,
+    /// [`ConfigError::InvalidBase64Secret`] if it is not base64.
+    pub fn standard_webhooks(secret: &str) -> Result<Self, ConfigError> {
+        const BASE64: GeneralPurpose = GeneralPurpose::new(
+            &STANDARD,
+            GeneralPurposeConfig::new()
+                .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+                .with_decode_allow_trailing_bits(true),
+        );
+        let encoded = secret.strip_prefix(STANDARD_WEBHOOKS_PREFIX).unwrap_or(secret);
+        let key = Zeroizing::new(BASE64.decode(encoded).map_err(ConfigError::InvalidBase64Secret)?);
+        if key.is_empty() {
+            return Err(ConfigError::EmptySecret);
+        }
+        if key.len() < STANDARD_WEBHOOKS_MIN_KEY_LEN {
+            tracing::warn!(
+                len = key.len(),
+                min = STANDARD_WEBHOOKS_MIN_KEY_LEN,
+                "standard webhooks secret is shorter than the specification's minimum"
+            );
+        }
+        // The key is random bytes: no whitespace warning, unlike `new`.
+        Ok(Self(key))
     }
 
     /// Reads the secret from the environment variable `name`.

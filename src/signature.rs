@@ -63,6 +63,17 @@ pub fn sign(secret: &[u8], body: &[u8]) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
+/// `HMAC-SHA256(secret, parts[0] || parts[1] || ...)`: the parts are fed
+/// one after the other, never concatenated into a copy. For schemes that
+/// sign a prefix before the body.
+pub(crate) fn mac_parts(secret: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    let mut mac = keyed(secret);
+    for part in parts {
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().into()
+}
+
 fn keyed(secret: &[u8]) -> HmacSha256 {
     // HMAC accepts keys of any length; `new_from_slice` cannot fail for it.
     match HmacSha256::new_from_slice(secret) {
@@ -75,8 +86,10 @@ fn keyed(secret: &[u8]) -> HmacSha256 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SignatureError {
-    /// The header is not exactly 64 hex digits.
-    #[error("signature is not 64 hex digits")]
+    /// The signature header cannot be read: not 64 hex digits under
+    /// today's contract; no `t`, no `v1`, a bad pair or bad hex under
+    /// Partner API v1; no `v1,` entry under Standard Webhooks.
+    #[error("signature header is malformed for the delivery's scheme")]
     Malformed,
     /// The signature does not match the body under any configured secret.
     #[error("signature does not match the body")]
@@ -93,6 +106,10 @@ pub struct Verifier {
     keys: Vec<HmacSha256>,
     // Kept so that the key material is wiped when the verifier is dropped.
     _secrets: Vec<WebhookSecret>,
+    /// Does the work of a verification and refuses every signature: for
+    /// deliveries whose secrets are unknown, refused in the same time as a
+    /// forgery.
+    decoy: bool,
 }
 
 impl fmt::Debug for Verifier {
@@ -109,6 +126,32 @@ impl Verifier {
         Self {
             keys: vec![keyed(secret.expose())],
             _secrets: vec![secret],
+            decoy: false,
+        }
+    }
+
+    /// A verifier for `secrets`, the first (newest) numbered 0; `None` if
+    /// there are none.
+    ///
+    /// ```
+    /// use klikit_webhook::{WebhookSecret, signature::Verifier};
+    ///
+    /// let secrets = ["new-webhook-secret-0001", "old-webhook-secret-0000"].map(|s| WebhookSecret::new(s).unwrap());
+    /// assert_eq!(Verifier::from_secrets(secrets).unwrap().secret_count(), 2);
+    /// assert!(Verifier::from_secrets([]).is_none());
+    /// ```
+    pub fn from_secrets(secrets: impl IntoIterator<Item = WebhookSecret>) -> Option<Self> {
+        let mut secrets = secrets.into_iter();
+        let first = Self::new(secrets.next()?);
+        Some(secrets.fold(first, Self::with_secret))
+    }
+
+    /// One HMAC under a fixed key, and never a match.
+    pub(crate) fn decoy() -> Self {
+        Self {
+            keys: vec![keyed(&[0x5a; 32])],
+            _secrets: Vec::new(),
+            decoy: true,
         }
     }
 
@@ -146,6 +189,7 @@ impl Verifier {
     pub fn start(&self) -> VerifyState {
         VerifyState {
             macs: self.keys.clone(),
+            decoy: self.decoy,
         }
     }
 }
@@ -154,6 +198,7 @@ impl Verifier {
 #[derive(Clone)]
 pub struct VerifyState {
     macs: Vec<HmacSha256>,
+    decoy: bool,
 }
 
 impl fmt::Debug for VerifyState {
@@ -205,7 +250,7 @@ impl VerifyState {
             index.conditional_assign(&(i as u64), take);
             matched |= equal;
         }
-        if bool::from(matched) {
+        if bool::from(matched) && !self.decoy {
             Ok(usize::try_from(index).unwrap_or(usize::MAX))
         } else {
             Err(SignatureError::Mismatch)
@@ -226,4 +271,25 @@ pub fn parse_signature(header: &[u8]) -> Result<[u8; 32], SignatureError> {
     let mut out = [0u8; 32];
     hex::decode_to_slice(header, &mut out).map_err(|_| SignatureError::Malformed)?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_decoy_does_the_work_and_refuses_even_its_own_key() {
+        let decoy = Verifier::decoy();
+        assert_eq!(decoy.secret_count(), 1);
+        let body = b"{}";
+        let signature = mac_parts(&[0x5a; 32], &[body]);
+        let mut state = decoy.start();
+        state.update(body);
+        assert_eq!(state.finish(&signature), Err(SignatureError::Mismatch));
+        // The same key in a real verifier matches.
+        let real = Verifier::new(WebhookSecret::new(vec![0x5a; 32]).unwrap());
+        let mut state = real.start();
+        state.update(body);
+        assert_eq!(state.finish(&signature), Ok(0));
+    }
 }

@@ -1,11 +1,13 @@
 //! [`Klikit`]: today's Klikit contract (developer.klikit.io).
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName};
 
-use super::{Delivery, Outgoing, Scheme, Signatures, event_id_header, event_type_header, single_header};
+use super::{
+    Delivery, Outgoing, Scheme, Signatures, event_id_header, event_type_header, insert_headers, single_header,
+};
 use crate::{
     InvalidEventId, RejectionKind, WebhookSecret,
-    signature::{parse_signature, sign},
+    signature::{SIGNATURE_HEX_LEN, parse_signature, sign},
 };
 
 /// Header that carries `hex(HMAC-SHA256(secret, raw body))`.
@@ -59,8 +61,13 @@ impl Scheme for Klikit {
         "klikit"
     }
 
+    /// A signature header of 64 hex digits. Partner API v1 uses the same
+    /// header name with `t=…,v1=…`, so the format tells the two apart when
+    /// both schemes are on one route.
     fn recognizes(&self, headers: &HeaderMap) -> bool {
-        headers.contains_key(&SIGNATURE)
+        headers
+            .get(&SIGNATURE)
+            .is_some_and(|value| value.len() == SIGNATURE_HEX_LEN && value.as_bytes().iter().all(u8::is_ascii_hexdigit))
     }
 
     fn signature_header(&self) -> &HeaderName {
@@ -90,19 +97,13 @@ impl Scheme for Klikit {
 
     fn sign(&self, secret: &WebhookSecret, outgoing: &Outgoing<'_>, headers: &mut HeaderMap) {
         let signature = sign(secret.expose(), outgoing.body);
-        for (name, value) in [
-            (&SIGNATURE, signature.as_str()),
-            (&EVENT_ID, outgoing.id),
-            (&EVENT_TYPE, outgoing.event_type),
-        ] {
-            match HeaderValue::from_str(value) {
-                Ok(value) => {
-                    headers.insert(name.clone(), value);
-                }
-                // A value that is no header value cannot be sent; leaving
-                // the header out makes the receiver answer 400.
-                Err(_) => tracing::debug!(header = %name, "not a valid header value; header left out"),
-            }
-        }
+        insert_headers(
+            headers,
+            [
+                (&SIGNATURE, signature.as_str()),
+                (&EVENT_ID, outgoing.id),
+                (&EVENT_TYPE, outgoing.event_type),
+            ],
+        );
     }
 }

@@ -17,28 +17,111 @@
 //! timeout, HMAC-SHA256 over the prefix and body in constant time against
 //! every configured secret, the claim, the handler.
 //!
-//! [`Klikit`] is today's Klikit contract (hex HMAC-SHA256 of the raw body in
-//! `x-klikit-signature`) and the default. To add a scheme, add one file that
-//! implements [`Scheme`]; nothing in the service changes.
+//! The schemes:
+//!
+//! | scheme | [`name`](Scheme::name) | signature header | signed bytes | timestamp | dedup id |
+//! |---|---|---|---|---|---|
+//! | [`Klikit`] (default) | `klikit` | `x-klikit-signature: <hex>` | the raw body | none | `x-klikit-event-id` |
+//! | [`KlikitV1`] | `klikit-v1` | `X-Klikit-Signature: t=<unix>,v1=<hex>` | `<t>.<body>` | ±300 s | the body's `event_id` |
+//! | [`StandardWebhooks`] | `standard-webhooks` | `webhook-signature: v1,<base64>` | `<id>.<timestamp>.<body>` | ±300 s | `webhook-id` |
+//!
+//! To add a scheme, add one file that implements [`Scheme`]; nothing in the
+//! service changes.
 //!
 //! ```
-//! use klikit_webhook::{KlikitWebhookLayer, WebhookSecret, scheme::Klikit};
+//! use klikit_webhook::{KlikitWebhookLayer, WebhookSecret, scheme::{Klikit, KlikitV1}};
 //!
 //! let secret = WebhookSecret::new("a-long-random-webhook-secret").unwrap();
-//! let layer = KlikitWebhookLayer::new(secret).with_scheme(Klikit::new());
+//! // During Klikit's switch to Partner API v1: both contracts on one route.
+//! let layer = KlikitWebhookLayer::new(secret).with_scheme(Klikit::new()).with_extra_scheme(KlikitV1::new());
 //! # let _ = layer;
 //! ```
+//!
+//! # Checking a delivery outside the layer
+//!
+//! [`verify_delivery`] runs the layer's checks (without deduplication) on
+//! headers and a body, for example to reprocess stored deliveries; pair it
+//! with a scheme's `ignoring_timestamp()` to skip the replay window. See
+//! [`signed_request_with`] for building signed requests in tests.
 
-use std::{fmt, sync::Arc, time::SystemTime};
+use std::{
+    fmt,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, header};
 
-use crate::{EventId, EventType, RejectionKind, WebhookSecret, signature::SignatureError};
+use crate::{
+    EventId, EventType, KlikitEvent, RejectionKind, WebhookSecret,
+    signature::{SignatureError, Verifier, VerifyState},
+};
 
 pub(crate) mod klikit;
+pub(crate) mod klikit_v1;
+pub(crate) mod standard_webhooks;
 
 pub use klikit::Klikit;
+pub use klikit_v1::KlikitV1;
+pub use standard_webhooks::StandardWebhooks;
+
+/// The replay window of the timestamped schemes unless configured: a signed
+/// timestamp more than 300 s (5 minutes) from the receiver's clock, in
+/// either direction, is refused. Partner API v1 and Standard Webhooks both
+/// specify 5 minutes.
+pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
+
+/// Why a signed timestamp was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TimestampError {
+    /// The timestamp is more than the tolerance in the past: a replayed
+    /// delivery, or a retry held back (the sender stamps each attempt anew).
+    #[error("the signed timestamp is older than the tolerance; a replay, or the receiver's clock is ahead")]
+    TooOld,
+    /// The timestamp is more than the tolerance in the future.
+    #[error("the signed timestamp is further in the future than the tolerance; check both clocks (NTP)")]
+    TooNew,
+}
+
+/// Checks a signed Unix `timestamp` (whole seconds) against `now`: it is
+/// accepted when it is at most `tolerance` before or after `now`, compared
+/// to the nanosecond (so a timestamp exactly `tolerance` seconds old is
+/// accepted only at that very instant, as in the Standard Webhooks
+/// reference libraries). For schemes' [`check_timestamp`](Scheme::check_timestamp).
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use klikit_webhook::scheme::{TimestampError, check_tolerance};
+///
+/// let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+/// let tolerance = Duration::from_secs(300);
+/// assert_eq!(check_tolerance(700, now, tolerance), Ok(()));
+/// assert_eq!(check_tolerance(1_300, now, tolerance), Ok(()));
+/// assert_eq!(check_tolerance(699, now, tolerance), Err(TimestampError::TooOld));
+/// assert_eq!(check_tolerance(1_301, now, tolerance), Err(TimestampError::TooNew));
+/// ```
+///
+/// # Errors
+///
+/// [`TimestampError::TooOld`] or [`TimestampError::TooNew`].
+pub fn check_tolerance(timestamp: i64, now: SystemTime, tolerance: Duration) -> Result<(), TimestampError> {
+    const NANOS: i128 = 1_000_000_000;
+    let now = match now.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(since) => i128::try_from(since.as_nanos()).unwrap_or(i128::MAX),
+        Err(before) => i128::try_from(before.duration().as_nanos()).map_or(i128::MIN, |nanos| -nanos),
+    };
+    let tolerance = i128::try_from(tolerance.as_nanos()).unwrap_or(i128::MAX);
+    let age = now.saturating_sub(i128::from(timestamp).saturating_mul(NANOS));
+    if age > tolerance {
+        Err(TimestampError::TooOld)
+    } else if age < tolerance.saturating_neg() {
+        Err(TimestampError::TooNew)
+    } else {
+        Ok(())
+    }
+}
 
 /// The most signatures one delivery may carry (several appear while a
 /// sender rotates secrets). A header with more is malformed: the bound keeps
@@ -385,6 +468,125 @@ pub fn event_type_header(value: &HeaderValue, label: &'static str) -> Result<Eve
         .filter(|name| name.len() <= crate::MAX_EVENT_ID_LEN && name.bytes().all(|b| b.is_ascii_graphic()))
         .map(EventType::from_name)
         .ok_or(RejectionKind::InvalidHeader(label))
+}
+
+/// Verifies one delivery as the layer does, but without deduplication:
+/// `scheme` parses `headers`, the signature over the signed prefix and `body`
+/// is checked against `verifier`'s secrets in constant time, then the
+/// timestamp against `now`, then the id to deduplicate on is read.
+///
+/// For deliveries you stored and want to process again (pass the scheme's
+/// `ignoring_timestamp()` variant to accept them past the replay window), and
+/// for tests. The event it returns is the one the layer would hand the
+/// handler.
+///
+/// ```
+/// use std::time::SystemTime;
+/// use bytes::Bytes;
+/// use http::HeaderMap;
+/// use klikit_webhook::{WebhookSecret, scheme::{KlikitV1, Outgoing, Scheme, verify_delivery}, signature::Verifier};
+///
+/// let secret = WebhookSecret::new("a-long-random-webhook-secret").unwrap();
+/// let body = Bytes::from_static(br#"{"event_id":"6d0c7b52-3f4e-4a51-9d8e-2b7f1c0a9e34"}"#);
+/// let mut headers = HeaderMap::new();
+/// let outgoing = Outgoing::new("6d0c7b52-3f4e-4a51-9d8e-2b7f1c0a9e34", "order.placed.v1", &body).with_timestamp(1_747_300_000);
+/// KlikitV1::new().sign(&secret, &outgoing, &mut headers);
+///
+/// let verifier = Verifier::new(secret);
+/// // Stored long ago: refused with the replay window, accepted without it.
+/// assert!(verify_delivery(&KlikitV1::new(), &verifier, &headers, &body, SystemTime::now()).is_err());
+/// let event = verify_delivery(&KlikitV1::new().ignoring_timestamp(), &verifier, &headers, &body, SystemTime::now()).unwrap();
+/// assert_eq!(event.id().as_str(), "6d0c7b52-3f4e-4a51-9d8e-2b7f1c0a9e34");
+/// ```
+///
+/// # Errors
+///
+/// The [`RejectionKind`] the layer would answer with.
+pub fn verify_delivery(
+    scheme: &dyn Scheme,
+    verifier: &Verifier,
+    headers: &HeaderMap,
+    body: &Bytes,
+    now: SystemTime,
+) -> Result<KlikitEvent, RejectionKind> {
+    let delivery = scheme.parse(headers)?;
+    let mut state = verifier.start();
+    state.update(delivery.signed_prefix());
+    state.update(body);
+    let (secret_index, id) = finish_verification(state, scheme, &delivery, body, now)?;
+    let (_, event_type) = delivery.into_id_and_type();
+    Ok(KlikitEvent::new(id, event_type, body.clone()).with_secret_index(secret_index))
+}
+
+/// The checks after the signed bytes went into `state`, in the layer's
+/// order: the signature (constant time over every candidate and secret),
+/// then the timestamp, then the id to deduplicate on. Returns the index of
+/// the secret that matched and that id.
+pub(crate) fn finish_verification(
+    state: VerifyState,
+    scheme: &dyn Scheme,
+    delivery: &Delivery,
+    body: &Bytes,
+    now: SystemTime,
+) -> Result<(usize, EventId), RejectionKind> {
+    let signatures = delivery.signatures().map_err(RejectionKind::InvalidSignature)?;
+    let secret_index = state.finish_any(signatures).map_err(RejectionKind::InvalidSignature)?;
+    scheme.check_timestamp(delivery, now)?;
+    let id = scheme.verified_event_id(delivery, body)?;
+    Ok((secret_index, id))
+}
+
+/// The path [`signed_request_with`] posts to.
+const REQUEST_PATH: &str = "/webhooks/klikit";
+
+/// Builds a `POST /webhooks/klikit` request carrying `outgoing`'s body,
+/// with a JSON content type and every header `scheme` sends, signed with
+/// `secret`: the request a sender using that scheme would make. For tests;
+/// change the path with `*request.uri_mut() = ...` if yours differs.
+///
+/// ```
+/// use axum::body::Body;
+/// use klikit_webhook::{WebhookSecret, scheme::{KlikitV1, Outgoing, signed_request_with}};
+///
+/// let secret = WebhookSecret::new("a-long-random-webhook-secret").unwrap();
+/// let body = br#"{"event_id":"9b2e4c1a-7d3f-4e8b-a6c5-0f1d2e3c4b5a"}"#;
+/// let outgoing = Outgoing::new("9b2e4c1a-7d3f-4e8b-a6c5-0f1d2e3c4b5a", "order.placed.v1", body).with_subscription("wh_1");
+/// let request = signed_request_with::<Body>(&KlikitV1::new(), &secret, &outgoing);
+/// assert!(request.headers()["x-klikit-signature"].to_str().unwrap().starts_with("t="));
+/// assert_eq!(request.headers()["x-klikit-webhook-id"], "wh_1");
+/// ```
+///
+/// # Panics
+///
+/// Never for the schemes of this crate: a header value `scheme` cannot
+/// write (an id with a control character, say) is left out, and the
+/// receiver answers 400.
+pub fn signed_request_with<B: From<Bytes>>(
+    scheme: &dyn Scheme,
+    secret: &WebhookSecret,
+    outgoing: &Outgoing<'_>,
+) -> Request<B> {
+    let mut request = Request::new(B::from(Bytes::copy_from_slice(outgoing.body)));
+    *request.method_mut() = http::Method::POST;
+    *request.uri_mut() = http::Uri::from_static(REQUEST_PATH);
+    let headers = request.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    scheme.sign(secret, outgoing, headers);
+    request
+}
+
+/// Writes `(name, value)` pairs into `headers` for [`Scheme::sign`]; a
+/// value that is no valid header value is left out (the receiver then
+/// answers 400), never panicking.
+pub(crate) fn insert_headers<'a>(headers: &mut HeaderMap, pairs: impl IntoIterator<Item = (&'a HeaderName, &'a str)>) {
+    for (name, value) in pairs {
+        match HeaderValue::from_str(value) {
+            Ok(value) => {
+                headers.insert(name.clone(), value);
+            }
+            Err(_) => tracing::debug!(header = %name, "not a valid header value; header left out"),
+        }
+    }
 }
 
 /// The schemes a layer accepts, in order of preference.

@@ -37,6 +37,7 @@ use crate::{
     FromJson, InvalidEventId, KlikitEvent, KlikitWebhookLayer, RejectionKind,
     layer::Config,
     scheme::{Delivery, Scheme},
+    secrets::ResolveError,
     store::StoreError,
 };
 
@@ -129,6 +130,8 @@ pub(crate) enum Refusal {
         kind: RejectionKind,
         cause: Option<StoreError>,
     },
+    /// The secret resolver failed: 503, like a store failure.
+    SecretsUnavailable(ResolveError),
 }
 
 /// How a delivery ended.
@@ -210,11 +213,11 @@ where
     ReqBody: Body,
 {
     let rejected = |kind| Ended::Refused(Refusal::Rejected { kind, cause: None });
-    let verifier = match config.secrets.verifier_for(&delivery).await {
+    let verifier = match config.secrets.verifier_for(&delivery, config.store_timeout).await {
         Ok(verifier) => verifier,
-        Err(kind) => {
+        Err(error) => {
             body.discard().await;
-            return rejected(kind);
+            return Ended::Refused(Refusal::SecretsUnavailable(error));
         }
     };
     let mut state = verify::start(&verifier, &delivery);

@@ -7,7 +7,7 @@ use http::{Response, StatusCode};
 
 use super::{Ended, Refusal};
 use crate::{
-    DeliveryOutcome, FromJson, Rejection,
+    DeliveryOutcome, FromJson, Rejection, RejectionKind,
     rejection::{DUPLICATE_BODY, json_response},
 };
 
@@ -25,14 +25,9 @@ pub(super) fn conclude<B: FromJson, E>(ended: Ended<B, E>, started: crate::metri
             )
         }
         Ended::Refused(Refusal::Rejected { kind, cause }) => {
-            let rejection = Rejection::new(kind);
-            let outcome = rejection.outcome();
-            match &cause {
-                Some(cause) => log_outcome(outcome, Some(&format_args!("{rejection}: {cause}"))),
-                None => log_outcome(outcome, Some(&rejection)),
-            }
-            (outcome, Ok(Response::from(rejection)))
+            refused(kind, cause.as_ref().map(|cause| cause as &dyn fmt::Display))
         }
+        Ended::Refused(Refusal::SecretsUnavailable(cause)) => refused(RejectionKind::SecretsUnavailable, Some(&cause)),
         Ended::Handled(Ok(response)) if response.status().is_success() => {
             log_outcome(DeliveryOutcome::Processed, None);
             (DeliveryOutcome::Processed, Ok(response))
@@ -57,6 +52,20 @@ pub(super) fn conclude<B: FromJson, E>(ended: Ended<B, E>, started: crate::metri
     result
 }
 
+/// Logs and answers a rejection, with the error behind it where there is one.
+fn refused<B: FromJson, E>(
+    kind: RejectionKind,
+    cause: Option<&dyn fmt::Display>,
+) -> (DeliveryOutcome, Result<Response<B>, E>) {
+    let rejection = Rejection::new(kind);
+    let outcome = rejection.outcome();
+    match cause {
+        Some(cause) => log_outcome(outcome, Some(&format_args!("{rejection}: {cause}"))),
+        None => log_outcome(outcome, Some(&rejection)),
+    }
+    (outcome, Ok(Response::from(rejection)))
+}
+
 /// Logs how a delivery ended: one line, one format (`outcome`, `reason`),
 /// at a level that says whether anyone needs to act.
 fn log_outcome(outcome: DeliveryOutcome, reason: Option<&dyn fmt::Display>) {
@@ -79,7 +88,9 @@ fn log_outcome(outcome: DeliveryOutcome, reason: Option<&dyn fmt::Display>) {
                 "klikit delivery failed; claim released for the retry"
             )
         }
-        DeliveryOutcome::StoreUnavailable => tracing::error!(outcome = name, reason, "klikit delivery rejected"),
+        DeliveryOutcome::StoreUnavailable | DeliveryOutcome::SecretsUnavailable => {
+            tracing::error!(outcome = name, reason, "klikit delivery rejected")
+        }
         _ => tracing::warn!(outcome = name, reason, "klikit delivery rejected"),
     }
 }

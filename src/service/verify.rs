@@ -7,7 +7,7 @@ use bytes::Bytes;
 
 use crate::{
     EventId, RejectionKind,
-    scheme::{Delivery, Scheme},
+    scheme::{Delivery, Scheme, finish_verification},
     signature::{Verifier, VerifyState},
 };
 
@@ -29,16 +29,14 @@ pub(super) struct Verified {
     pub(super) id: EventId,
 }
 
-/// Finishes the verification once the whole body went into `state`.
+/// Finishes the verification once the whole body went into `state`, with
+/// the same checks as [`verify_delivery`](crate::scheme::verify_delivery).
 pub(super) fn finish(
     state: VerifyState,
     scheme: &dyn Scheme,
     delivery: &Delivery,
     body: &Bytes,
 ) -> Result<Verified, RejectionKind> {
-    let signatures = delivery.signatures().map_err(RejectionKind::InvalidSignature)?;
-    let secret_index = state.finish_any(signatures).map_err(RejectionKind::InvalidSignature)?;
-    scheme.check_timestamp(delivery, SystemTime::now())?;
-    let id = scheme.verified_event_id(delivery, body)?;
+    let (secret_index, id) = finish_verification(state, scheme, delivery, body, SystemTime::now())?;
     Ok(Verified { secret_index, id })
 }

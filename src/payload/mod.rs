@@ -1,4 +1,5 @@
-//! Typed Klikit payloads: the `{brand_id, branch_id, orders}` envelope.
+//! Typed Klikit payloads: the `{brand_id, branch_id, orders}` envelope of
+//! today's contract here, and Partner API v1's envelope and order in [`v1`].
 //!
 //! Klikit's order model has more than a hundred fields and grows; these
 //! types name the ones its documentation shows and ignore the rest, so a new
@@ -31,6 +32,8 @@ use std::fmt;
 pub use rust_decimal::Decimal;
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 pub use time::OffsetDateTime;
+
+pub mod v1;
 
 /// What every Klikit order event carries.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

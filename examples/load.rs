@@ -275,7 +275,7 @@ impl Config {
         ),
         Config::new(
             "flask",
-            "flask (gunicorn, 2 sync workers)",
+            "flask (gunicorn: 2 sync workers)",
             Server::Flask,
             WEBHOOK_PATH,
             Ids::Unique,
@@ -981,7 +981,7 @@ fn main() {
             let mut row = String::new();
             write!(
                 row,
-                "{},{},{},{},{},{},{:.3},{},{:.1},{:.0},{:.0},{:.0},{:.0},{:.3},{:.3},{},{},{},{},{}",
+                "{},{},{},\"{}\",{},{},{:.3},{},{:.1},{:.0},{:.0},{:.0},{:.0},{:.3},{:.3},{},\"{}\",{},{},{}",
                 opts.round,
                 position + 1,
                 config.key,
@@ -1029,7 +1029,7 @@ fn main() {
             );
             if let Some(file) = soak_csv.as_mut() {
                 for (n, kib) in samples {
-                    writeln!(file, "{},{},{n},{kib}", config.key, config.label).unwrap();
+                    writeln!(file, "{},\"{}\",{n},{kib}", config.key, config.label).unwrap();
                 }
             }
         }

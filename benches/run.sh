@@ -73,6 +73,9 @@ export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}"
 
 say() { printf '== %s\n' "$*" >&2; }
+# Appends "<what>: <seconds since the last call> s" to run.txt.
+PHASE_START=$(date +%s)
+phase() { local now; now=$(date +%s); echo "time, $1: $((now - PHASE_START)) s" >>"$RESULTS/run.txt"; PHASE_START=$now; }
 die() { printf 'benches/run.sh: %s\n' "$*" >&2; exit 1; }
 has_config() { [[ ",$CONFIGS," == *",$1,"* ]]; }
 
@@ -150,13 +153,13 @@ say "results: $RESULTS (run id $RUN_ID)"
 
 # ---- build
 say "building (release); output in build.log"
-build_start=$(date +%s)
+phase "setup"
 {
   cargo build --release -p klikit-cli --example receiver
   cargo build --release -p klikit-webhook --example bare_twin --example load
   if [[ "$MICRO" == 1 ]]; then cargo bench -p klikit-webhook --bench verify --bench layer --bench store --no-run; fi
 } >"$RESULTS/build.log" 2>&1 || { tail -30 "$RESULTS/build.log" >&2; die "build failed (see $RESULTS/build.log)"; }
-echo "build: $(($(date +%s) - build_start)) s" >>"$RESULTS/run.txt"
+phase "build"
 
 # ---- the Python venv for the charts
 packages=(matplotlib)
@@ -168,6 +171,7 @@ if ! "$VENV/bin/python" -c "import $imports" 2>/dev/null; then
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "${packages[@]}"
 fi
 "$VENV/bin/python" -m pip freeze --disable-pip-version-check >"$RESULTS/python-packages.txt"
+phase "venv"
 flask_args=()
 if has_config flask; then flask_args=(--flask-venv "$VENV"); fi
 
@@ -185,6 +189,7 @@ for round in $(seq 1 "$ROUNDS"); do
   say "round $round/$ROUNDS: load ($CONFIGS)"
   load --round "$round" --configs "$CONFIGS" --csv "$RESULTS/load/round-$round.csv" \
     | tee "$RESULTS/load/round-$round.txt"
+  phase "round $round load"
   if [[ "$MICRO" == 1 ]]; then
     echo "round $round micro: $(cat /proc/loadavg)" >>"$RESULTS/loadavg.txt"
     dir="$RESULTS/criterion/round-$round"
@@ -203,6 +208,7 @@ for round in $(seq 1 "$ROUNDS"); do
     done
     # criterion also copies each result to base/ (its default baseline): the same files twice.
     find "$dir" -type d -name base -prune -exec rm -rf {} +
+    phase "round $round criterion"
   fi
 done
 
@@ -211,11 +217,12 @@ if [[ "$SOAK" != 0 ]]; then
   echo "soak: $(cat /proc/loadavg)" >>"$RESULTS/loadavg.txt"
   say "soak: $SOAK deliveries each to the receiver (memory store) and the twin"
   load --round 1 --configs "" --soak "$SOAK" --soak-csv "$RESULTS/soak.csv" | tee "$RESULTS/soak.txt"
+  phase "soak"
 fi
 
 { echo; echo "## load average after"; cat /proc/loadavg; } >>"$RESULTS/machine.txt"
 echo "finished: $(date -u +%FT%TZ)" >>"$RESULTS/run.txt"
-echo "wall time without the report: $(($(date +%s) - START)) s" >>"$RESULTS/run.txt"
+echo "wall time (all but the report): $(($(date +%s) - START)) s" >>"$RESULTS/run.txt"
 
 # ---- summary.md and the charts, from the files above only
 say "report"

@@ -1,6 +1,7 @@
 """The Flask reference receiver of KLIKIT.md section 5, for the load benchmark.
 
-Run by benches/load.sh under gunicorn (2 sync workers pinned to the server
+Run by examples/load.rs (configuration `flask`, `CONFIGS=...,flask bash benches/run.sh`)
+under gunicorn (2 sync workers pinned to the server
 CPU). Each worker has its own seen set and its own background thread, as the
 reference receiver does when run under a pre-fork server.
 """

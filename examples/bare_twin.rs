@@ -1,5 +1,5 @@
-//! A bare axum receiver that does by hand what the example receiver gets from
-//! the layer, as the baseline of the load benchmark (`benches/load.sh`).
+//! A bare axum receiver that does by hand what the reference receiver gets
+//! from the layer, as the baseline of the load benchmark (`benches/run.sh`).
 //!
 //! Run with
 //!
@@ -8,22 +8,24 @@
 //! ```
 //!
 //! `POST /webhooks/klikit` reads the whole body, verifies the HMAC-SHA256 by
-//! hand (constant time, `hmac::Mac::verify_slice`), deduplicates the event id
-//! in a `Mutex<HashSet>`, parses the JSON envelope, hands the event to a
-//! worker task through a bounded channel and answers
-//! `200 {"status":"received"}` (`{"status":"duplicate-ignored"}` for a seen id).
-//! `POST /ok` and `GET /ok` only answer 200.
+//! hand (the key is derived once at start-up and the keyed state cloned per
+//! request, as the layer does; constant time, `hmac::Mac::verify_slice`),
+//! deduplicates the event id in a bounded set behind a `Mutex` (the last
+//! `MemoryStore::DEFAULT_CAPACITY` ids, oldest forgotten first:
+//! `benches/support/bounded_set.rs`), parses the JSON envelope, hands the
+//! event to a worker task through a bounded channel and answers
+//! `200 {"status":"received"}` (`{"status":"duplicate-ignored"}` for a seen
+//! id). `POST /ok` and `GET /ok` only answer 200.
 //!
 //! What it leaves out, and the layer does not: no body size or time limit
 //! beyond axum's defaults, no two-phase claim (an id is marked seen before the
-//! event is queued, so a full queue loses it), no bound on the seen set, no
-//! tracing. It is a baseline for speed, not a receiver to deploy.
+//! event is queued, so a full queue loses it), no metrics, no tracing. It is a
+//! baseline for speed, not a receiver to deploy.
 //!
 //! Environment: `KLIKIT_WEBHOOK_SECRET` (required), `PORT` (default 8080),
 //! `BIND` (default `127.0.0.1`).
 
 use std::{
-    collections::HashSet,
     net::SocketAddr,
     process::ExitCode,
     sync::{Arc, Mutex},
@@ -38,15 +40,19 @@ use axum::{
     routing::{get, post},
 };
 use hmac::{Hmac, KeyInit, Mac};
-use klikit_webhook::payload::OrderEnvelope;
+use klikit_webhook::{MemoryStore, payload::OrderEnvelope};
 use serde_json::json;
 use sha2::Sha256;
 use tokio::sync::mpsc;
 
+#[path = "../benches/support/bounded_set.rs"]
+mod bounded_set;
+use bounded_set::BoundedSet;
+
 #[derive(Clone)]
 struct Twin {
     key: Hmac<Sha256>,
-    seen: Arc<Mutex<HashSet<String>>>,
+    seen: Arc<Mutex<BoundedSet>>,
     jobs: mpsc::Sender<(String, OrderEnvelope)>,
 }
 
@@ -74,11 +80,7 @@ async fn receive(State(twin): State<Twin>, headers: HeaderMap, body: Bytes) -> R
     let Ok(id) = id.to_str() else {
         return error(StatusCode::BAD_REQUEST, "missing klikit headers");
     };
-    let new = twin
-        .seen
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(id.to_owned());
+    let new = twin.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
     if !new {
         return Json(json!({ "status": "duplicate-ignored" })).into_response();
     }
@@ -117,7 +119,7 @@ async fn main() -> ExitCode {
     });
     let twin = Twin {
         key,
-        seen: Arc::default(),
+        seen: Arc::new(Mutex::new(BoundedSet::with_capacity(MemoryStore::DEFAULT_CAPACITY))),
         jobs,
     };
     let app = Router::new()

@@ -1,32 +1,63 @@
-//! The load benchmark: the example receiver (layer + `MemoryStore`) against
-//! its bare axum twin and, optionally, a Flask reference receiver, on
-//! loopback, in the same run. Start it with `bash benches/load.sh`, which
-//! builds everything in release mode and pins this driver to CPU 1.
+//! The load driver of `benches/run.sh`: one round of the load benchmark.
 //!
-//! For every repetition it runs each configuration in turn (interleaved, so
-//! drifting background load hits all of them alike; the order rotates by one
-//! each repetition): it starts a fresh server
-//! pinned to CPU 0 with `taskset`, waits for its port, drives it with
-//! `--connections` keep-alive connections in a closed loop for `--warmup`
-//! seconds, then measures for `--duration` seconds, then kills it. Each
-//! request is a signed ~1 KiB body with a unique `x-klikit-event-id` (or, in
-//! the `dup20` variant, 20 % of ids repeat one sent 1024 to 2047 requests
-//! earlier, long finished). Bodies are drawn from 256 precomputed signed
-//! bodies; ids are written into the head per request, so no signing happens
-//! in the measured loop.
+//! Run it through `bash benches/run.sh`, which builds everything in release
+//! mode, pins this driver to CPU 1 and calls it once per round. By hand:
 //!
-//! Reported per run: requests/s, p50/p99 latency, and server CPU µs per
-//! request from the utime+stime deltas in `/proc/<pid>/stat` of the server
-//! and its children over the measured window. The summary gives medians
-//! over repetitions, min..max, and the ratios to the twin.
+//! ```sh
+//! cargo build --release -p klikit-cli --example receiver
+//! cargo build --release --example bare_twin --example load
+//! taskset -c 1 target/release/examples/load --round 1 --csv /tmp/round-1.csv
+//! ```
 //!
-//! Then a soak: 200,000 unique deliveries to a fresh receiver (and twin),
-//! with RSS sampled every 20,000.
+//! A round runs every configuration once, in an order rotated by the round
+//! number (round 1 starts with the first configuration, round 2 with the
+//! second, and so on), so that calling it for rounds 1, 2, 3 interleaves the
+//! configurations and no configuration always runs first. For each
+//! configuration it starts a fresh server pinned to `--server-cpu` with
+//! `taskset`, waits for its port, drives it with `--connections` keep-alive
+//! connections in a closed loop for `--warmup` seconds, measures for
+//! `--duration` seconds, then stops it (SIGTERM) and empties its store.
 //!
-//! The driver is a raw HTTP/1.1 client on a current-thread Tokio runtime (one
-//! core): it writes a prepared request and parses only the status line,
-//! `content-length` and `connection: close`, so it needs far less CPU per
-//! request than the servers it drives.
+//! Configurations (`--configs`, comma-separated; the default is the first
+//! five):
+//! - `twin`: `examples/bare_twin.rs`, the hand-written axum receiver;
+//! - `memory`, `sqlite`, `redis`, `postgres`: the reference receiver
+//!   (`crates/klikit-cli/examples/receiver.rs`) with that dedup store.
+//!   `sqlite` is the receiver's default store: `KLIKIT_STORE` is unset and
+//!   the receiver runs in a fresh, empty directory, so it creates a new
+//!   `klikit-dedup.sqlite3` there. `redis` uses `REDIS_URL` (default
+//!   `redis://127.0.0.1:6379`); `postgres` uses `DATABASE_URL` (default
+//!   `postgres://postgres@127.0.0.1:5432/test`) with a fresh schema, and so a
+//!   fresh table, per run (`options[search_path]` in the URL);
+//! - `twin-ok`: the twin's `/ok` route, which only answers 200 (the ceiling
+//!   of axum + hyper on this machine);
+//! - `memory-dup20`, `twin-dup20`: 20 % of the ids repeat one sent 1024 to
+//!   2047 requests earlier (long finished);
+//! - `flask`: `benches/flask_receiver.py` under gunicorn (2 sync workers),
+//!   with `--flask-venv`.
+//!
+//! Every event id carries `--run-id` and the round (`<run id>-r<round>-<n>`),
+//! so the Redis keys of a run (`klikit:dedup:<run id>-r<round>-…`) are
+//! unique to it and nothing else on a shared Redis is touched. After each run
+//! the driver counts the records the store holds (the `store_records` column:
+//! evidence that the store was used) and deletes them: the SQLite directory,
+//! the run's Redis keys, the run's Postgres schema.
+//!
+//! Each request is a signed ~1 KiB body; the bodies are 256 different orders
+//! signed before the run, and only the `x-klikit-event-id` header changes per
+//! request, so nothing is signed in the measured loop. The driver is a raw
+//! HTTP/1.1 client on a current-thread Tokio runtime (one core): it writes a
+//! prepared request and parses only the status line, `content-length` and
+//! `connection: close`.
+//!
+//! Output: one line per configuration on stdout, and with `--csv` one CSV row
+//! per configuration (columns in [`CSV_HEADER`]). Server CPU is the
+//! utime+stime of the server and its children over the measured window, from
+//! `/proc/<pid>/stat`; it does not include Redis' or Postgres' own CPU.
+//!
+//! With `--soak N`, after the round: N unique deliveries each to a fresh
+//! receiver with the memory store and to the twin, with the server's RSS
+//! sampled every N/10 (`--soak-csv`).
 
 use std::{
     cell::{Cell, RefCell},
@@ -37,7 +68,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     rc::Rc,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use klikit_webhook::signature::sign;
@@ -49,61 +80,125 @@ use tokio::{
 const SECRET: &str = "load-benchmark-secret-0123456789abcdef";
 const BODIES: usize = 256;
 const PORT: u16 = 18_080;
+const WEBHOOK_PATH: &str = "/webhooks/klikit";
+/// The receiver's default store file (`klikit_cli::receiver::DEFAULT_STORE`).
+const DEFAULT_SQLITE_FILE: &str = "klikit-dedup.sqlite3";
+/// The table of the SQLite and Postgres stores (`DEFAULT_TABLE`).
+const TABLE: &str = "klikit_webhook_dedup";
+/// The Redis store's key prefix (`RedisStore::DEFAULT_PREFIX`).
+const REDIS_PREFIX: &str = "klikit:dedup:";
+const DEFAULT_CONFIGS: &str = "twin,memory,sqlite,redis,postgres";
 
-#[derive(Clone)]
+/// The columns of `--csv`.
+const CSV_HEADER: &str = "round,position,config,label,started_unix,loadavg_1m,window_s,requests,rps,\
+                          p50_us,p90_us,p99_us,max_us,server_cpu_us_per_req,client_cpu_share,status_200,\
+                          status_other,duplicates,reconnects,store_records";
+
 struct Options {
-    reps: usize,
+    configs: Vec<Config>,
+    round: usize,
+    run_id: String,
     warmup: Duration,
     duration: Duration,
     connections: usize,
     server_cpu: String,
+    bin_dir: PathBuf,
+    work_dir: PathBuf,
+    log_dir: Option<PathBuf>,
     flask: Option<PathBuf>,
     csv: Option<PathBuf>,
     soak: u64,
-    only: Option<String>,
+    soak_csv: Option<PathBuf>,
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: load [--configs {DEFAULT_CONFIGS}] [--round N] [--run-id ID] [--warmup S] [--duration S] \
+         [--connections N] [--server-cpu LIST] [--bin-dir DIR] [--work-dir DIR] [--log-dir DIR] \
+         [--flask-venv DIR] [--csv FILE] [--soak N] [--soak-csv FILE]\n\
+         configurations: twin memory sqlite redis postgres twin-ok memory-dup20 twin-dup20 flask"
+    );
+    std::process::exit(2)
 }
 
 fn options() -> Options {
+    let unix = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let mut configs = DEFAULT_CONFIGS.to_owned();
     let mut o = Options {
-        reps: 3,
+        configs: Vec::new(),
+        round: 1,
+        run_id: format!("{unix:x}{:x}", std::process::id()),
         warmup: Duration::from_secs(1),
         duration: Duration::from_secs(5),
         connections: 32,
         server_cpu: "0".into(),
+        bin_dir: std::env::current_exe().unwrap().parent().unwrap().to_path_buf(),
+        work_dir: PathBuf::new(),
+        log_dir: None,
         flask: None,
         csv: None,
-        soak: 200_000,
-        only: None,
+        soak: 0,
+        soak_csv: None,
     };
+    let mut work_dir = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        let mut value = || args.next().unwrap_or_else(|| panic!("{arg} needs a value"));
+        let mut value = || args.next().unwrap_or_else(|| usage());
+        let seconds = |v: String| Duration::from_secs_f64(v.parse().unwrap_or_else(|_| usage()));
         match arg.as_str() {
-            "--reps" => o.reps = value().parse().unwrap(),
-            "--warmup" => o.warmup = Duration::from_secs_f64(value().parse().unwrap()),
-            "--duration" => o.duration = Duration::from_secs_f64(value().parse().unwrap()),
-            "--connections" => o.connections = value().parse().unwrap(),
+            "--configs" => configs = value(),
+            "--round" => o.round = value().parse().unwrap_or_else(|_| usage()),
+            "--run-id" => o.run_id = value(),
+            "--warmup" => o.warmup = seconds(value()),
+            "--duration" => o.duration = seconds(value()),
+            "--connections" => o.connections = value().parse().unwrap_or_else(|_| usage()),
             "--server-cpu" => o.server_cpu = value(),
+            "--bin-dir" => o.bin_dir = value().into(),
+            "--work-dir" => work_dir = Some(PathBuf::from(value())),
+            "--log-dir" => o.log_dir = Some(value().into()),
             "--flask-venv" => o.flask = Some(value().into()),
             "--csv" => o.csv = Some(value().into()),
-            "--soak" => o.soak = value().parse().unwrap(),
-            "--only" => o.only = Some(value()),
-            other => panic!("unknown argument {other}"),
+            "--soak" => o.soak = value().parse().unwrap_or_else(|_| usage()),
+            "--soak-csv" => o.soak_csv = Some(value().into()),
+            _ => usage(),
         }
+    }
+    // The run id goes into event ids, Redis key patterns and a Postgres
+    // schema name: keep it to characters that are plain in all three.
+    let valid_id = !o.run_id.is_empty()
+        && o.run_id.len() <= 24
+        && o.run_id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if !valid_id || o.round == 0 {
+        eprintln!("load: --run-id must be 1 to 24 of [a-z0-9], --round at least 1");
+        usage();
+    }
+    o.work_dir = work_dir.unwrap_or_else(|| std::env::temp_dir().join(format!("klikit-bench-{}", o.run_id)));
+    for key in configs.split(',').map(str::trim).filter(|k| !k.is_empty()) {
+        let Some(config) = Config::from_key(key) else {
+            eprintln!("load: unknown configuration {key}");
+            usage();
+        };
+        if config.server == Server::Flask && o.flask.is_none() {
+            eprintln!("load: configuration flask needs --flask-venv");
+            usage();
+        }
+        o.configs.push(config);
     }
     o
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Server {
     Receiver(Store),
     Twin,
     Flask,
 }
 
-/// The receiver's dedup store (`KLIKIT_STORE`). Each run starts on an empty
-/// store: a fresh SQLite file, the Redis keys and the Postgres table dropped.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+/// The reference receiver's dedup store.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Store {
     Memory,
     Sqlite,
@@ -111,83 +206,231 @@ enum Store {
     Postgres,
 }
 
-impl Store {
-    fn label(self) -> &'static str {
-        match self {
-            Self::Memory => "receiver (layer+MemoryStore)",
-            Self::Sqlite => "receiver (layer+SqliteStore)",
-            Self::Redis => "receiver (layer+RedisStore)",
-            Self::Postgres => "receiver (layer+PostgresStore)",
-        }
-    }
-
-    /// Empties the store and returns the `KLIKIT_STORE` value for it.
-    fn prepare(self) -> String {
-        let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-        let postgres =
-            std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        match self {
-            Self::Memory => "memory".into(),
-            Self::Sqlite => {
-                let path = std::env::temp_dir().join("klikit-load-dedup.sqlite3");
-                for suffix in ["", "-wal", "-shm"] {
-                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-                }
-                path.display().to_string()
-            }
-            Self::Redis => {
-                let script = "for _,k in ipairs(redis.call('keys', ARGV[1])) do redis.call('del', k) end";
-                let status = Command::new("redis-cli")
-                    .args(["-u", &redis, "eval", script, "0", "klikit:dedup:*"])
-                    .stdout(Stdio::null())
-                    .status()
-                    .expect("redis-cli runs");
-                assert!(status.success(), "could not empty the Redis store at {redis}");
-                redis
-            }
-            Self::Postgres => {
-                let status = Command::new("psql")
-                    .args([
-                        postgres.as_str(),
-                        "-q",
-                        "-c",
-                        "DROP TABLE IF EXISTS klikit_webhook_dedup",
-                    ])
-                    .stdout(Stdio::null())
-                    .status()
-                    .expect("psql runs");
-                assert!(status.success(), "could not reset the Postgres store at {postgres}");
-                postgres
-            }
-        }
-    }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Ids {
     Unique,
     Dup20,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 struct Config {
+    key: &'static str,
+    label: &'static str,
     server: Server,
     path: &'static str,
     ids: Ids,
 }
 
 impl Config {
-    fn label(&self) -> String {
-        let server = match (self.server, self.path) {
-            (Server::Receiver(store), _) => store.label(),
-            (Server::Twin, "/ok") => "twin /ok (200 only)",
-            (Server::Twin, _) => "bare twin",
-            (Server::Flask, _) => "flask (gunicorn 2 sync)",
-        };
-        match self.ids {
-            Ids::Unique => server.to_owned(),
-            Ids::Dup20 => format!("{server} + 20% dup"),
+    const ALL: [Config; 9] = [
+        Config::new(
+            "twin",
+            "twin (hand-written axum)",
+            Server::Twin,
+            WEBHOOK_PATH,
+            Ids::Unique,
+        ),
+        Config::new(
+            "memory",
+            "receiver + MemoryStore",
+            Server::Receiver(Store::Memory),
+            WEBHOOK_PATH,
+            Ids::Unique,
+        ),
+        Config::new(
+            "sqlite",
+            "receiver + SqliteStore (default)",
+            Server::Receiver(Store::Sqlite),
+            WEBHOOK_PATH,
+            Ids::Unique,
+        ),
+        Config::new(
+            "redis",
+            "receiver + RedisStore",
+            Server::Receiver(Store::Redis),
+            WEBHOOK_PATH,
+            Ids::Unique,
+        ),
+        Config::new(
+            "postgres",
+            "receiver + PostgresStore",
+            Server::Receiver(Store::Postgres),
+            WEBHOOK_PATH,
+            Ids::Unique,
+        ),
+        Config::new("twin-ok", "twin /ok (200 only)", Server::Twin, "/ok", Ids::Unique),
+        Config::new(
+            "memory-dup20",
+            "receiver + MemoryStore (20 % duplicates)",
+            Server::Receiver(Store::Memory),
+            WEBHOOK_PATH,
+            Ids::Dup20,
+        ),
+        Config::new(
+            "twin-dup20",
+            "twin (20 % duplicates)",
+            Server::Twin,
+            WEBHOOK_PATH,
+            Ids::Dup20,
+        ),
+        Config::new(
+            "flask",
+            "flask (gunicorn: 2 sync workers)",
+            Server::Flask,
+            WEBHOOK_PATH,
+            Ids::Unique,
+        ),
+    ];
+
+    const fn new(key: &'static str, label: &'static str, server: Server, path: &'static str, ids: Ids) -> Self {
+        Self {
+            key,
+            label,
+            server,
+            path,
+            ids,
         }
+    }
+
+    fn from_key(key: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.key == key)
+    }
+}
+
+fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+fn postgres_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// Runs `command` and returns its stdout; panics with its stderr if it fails.
+fn output(command: &mut Command) -> String {
+    let out = command
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn psql(sql: &str) -> String {
+    output(Command::new("psql").args([
+        postgres_url().as_str(),
+        "-X",
+        "-q",
+        "-t",
+        "-A",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-c",
+        sql,
+    ]))
+}
+
+/// A store prepared for one run: where the server runs and how to reach the
+/// store; [`finish`](Self::finish) counts its records and deletes them.
+struct StoreRun {
+    store: Store,
+    /// The `KLIKIT_STORE` value; `None` leaves it unset (the default store).
+    spec: Option<String>,
+    dir: PathBuf,
+    id_prefix: String,
+    schema: String,
+}
+
+impl StoreRun {
+    fn prepare(store: Store, opts: &Options) -> Self {
+        let tag = format!("r{}", opts.round);
+        let mut run = Self {
+            store,
+            spec: None,
+            dir: opts.work_dir.join(format!("{tag}-{store:?}").to_lowercase()),
+            id_prefix: format!("{}-{tag}-", opts.run_id),
+            schema: format!("klikit_bench_{}_{tag}", opts.run_id),
+        };
+        if run.dir.exists() {
+            std::fs::remove_dir_all(&run.dir).unwrap();
+        }
+        std::fs::create_dir_all(&run.dir).unwrap();
+        match store {
+            Store::Memory => run.spec = Some("memory".into()),
+            Store::Sqlite => {}
+            Store::Redis => {
+                assert_eq!(
+                    run.redis_keys().len(),
+                    0,
+                    "Redis already holds keys of this run id: pick another --run-id"
+                );
+                run.spec = Some(redis_url());
+            }
+            Store::Postgres => {
+                psql(&format!("CREATE SCHEMA {}", run.schema));
+                let url = postgres_url();
+                let separator = if url.contains('?') { '&' } else { '?' };
+                run.spec = Some(format!("{url}{separator}options[search_path]={}", run.schema));
+            }
+        }
+        run
+    }
+
+    fn redis_keys(&self) -> Vec<String> {
+        let pattern = format!("{REDIS_PREFIX}{}*", self.id_prefix);
+        output(Command::new("redis-cli").args(["-u", &redis_url(), "--scan", "--pattern", &pattern]))
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The number of dedup records the run left in the store (`None` for the
+    /// memory store), then deletes them.
+    fn finish(self) -> Option<u64> {
+        let records = match self.store {
+            Store::Memory => None,
+            Store::Sqlite => {
+                let file = self.dir.join(DEFAULT_SQLITE_FILE);
+                assert!(
+                    file.exists(),
+                    "the receiver did not create its default store {}",
+                    file.display()
+                );
+                let count = output(
+                    Command::new("sqlite3")
+                        .arg(&file)
+                        .arg(format!("SELECT count(*) FROM {TABLE}")),
+                );
+                Some(count.trim().parse().unwrap())
+            }
+            Store::Redis => {
+                let keys = self.redis_keys();
+                let mut cli = Command::new("redis-cli")
+                    .args(["-u", &redis_url()])
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .expect("redis-cli runs");
+                let mut stdin = cli.stdin.take().unwrap();
+                for batch in keys.chunks(500) {
+                    writeln!(stdin, "UNLINK {}", batch.join(" ")).unwrap();
+                }
+                drop(stdin);
+                assert!(cli.wait().unwrap().success(), "redis-cli UNLINK failed");
+                Some(keys.len() as u64)
+            }
+            Store::Postgres => {
+                let count = psql(&format!("SELECT count(*) FROM {}.{TABLE}", self.schema));
+                psql(&format!("DROP SCHEMA {} CASCADE", self.schema));
+                Some(count.trim().parse().unwrap())
+            }
+        };
+        std::fs::remove_dir_all(&self.dir).unwrap();
+        records
     }
 }
 
@@ -197,9 +440,10 @@ struct Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        // SIGTERM via kill(1) so gunicorn stops its workers too, then reap.
+        // SIGTERM via kill(1), so that the receiver drains and gunicorn stops
+        // its workers too, then reap.
         let _ = Command::new("kill").arg(self.child.id().to_string()).status();
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return;
@@ -211,11 +455,7 @@ impl Drop for Running {
     }
 }
 
-fn examples_dir() -> PathBuf {
-    std::env::current_exe().unwrap().parent().unwrap().to_path_buf()
-}
-
-fn start(server: Server, opts: &Options) -> Running {
+fn start(server: Server, store: Option<&StoreRun>, log: &str, opts: &Options) -> Running {
     let port = PORT.to_string();
     assert!(
         std::net::TcpStream::connect(addr()).is_err(),
@@ -224,12 +464,16 @@ fn start(server: Server, opts: &Options) -> Running {
     let mut command = Command::new("taskset");
     command.arg("-c").arg(&opts.server_cpu);
     match server {
-        Server::Receiver(store) => {
-            command.arg(examples_dir().join("receiver"));
-            command.env("KLIKIT_STORE", store.prepare());
+        Server::Receiver(_) => {
+            let store = store.expect("a receiver has a store");
+            command.arg(opts.bin_dir.join("receiver")).current_dir(&store.dir);
+            match &store.spec {
+                Some(spec) => command.env("KLIKIT_STORE", spec),
+                None => command.env_remove("KLIKIT_STORE"),
+            };
         }
         Server::Twin => {
-            command.arg(examples_dir().join("bare_twin"));
+            command.arg(opts.bin_dir.join("bare_twin"));
         }
         Server::Flask => {
             let venv = opts.flask.as_ref().unwrap();
@@ -246,19 +490,30 @@ fn start(server: Server, opts: &Options) -> Running {
     }
     command
         .env("KLIKIT_WEBHOOK_SECRET", SECRET)
+        .env_remove("KLIKIT_WEBHOOK_PREVIOUS_SECRET")
         .env("PORT", &port)
         .env("BIND", "127.0.0.1")
         .env(
             "RUST_LOG",
             std::env::var("SERVER_RUST_LOG").unwrap_or_else(|_| "warn".into()),
         )
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
+        .stdin(Stdio::null());
+    match &opts.log_dir {
+        Some(dir) => {
+            let file = std::fs::File::create(dir.join(log)).unwrap();
+            command.stdout(file.try_clone().unwrap()).stderr(file);
+        }
+        None => {
+            command.stdout(Stdio::null());
+        }
+    }
     let child = command.spawn().expect("server starts");
-    let running = Running { child };
-    let addr = addr();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(addr).is_err() {
+    let mut running = Running { child };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(addr()).is_err() {
+        if let Ok(Some(status)) = running.child.try_wait() {
+            panic!("{server:?} exited before it listened ({status}); see {log}");
+        }
         assert!(Instant::now() < deadline, "{server:?} did not open port {port}");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -289,7 +544,6 @@ fn cpu_ticks(root: u32) -> u64 {
         stats.push((pid, ppid, ticks));
     }
     let mut family = vec![root];
-    let mut total = 0;
     let mut grew = true;
     while grew {
         grew = false;
@@ -300,12 +554,19 @@ fn cpu_ticks(root: u32) -> u64 {
             }
         }
     }
-    for &(pid, _, ticks) in &stats {
-        if family.contains(&pid) {
-            total += ticks;
-        }
-    }
-    total
+    stats
+        .iter()
+        .filter(|(pid, _, _)| family.contains(pid))
+        .map(|(_, _, ticks)| ticks)
+        .sum()
+}
+
+fn own_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = stat.rfind(')').map_or("", |i| &stat[i + 2..]);
+    let fields: Vec<&str> = rest.split(' ').collect();
+    fields.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -318,8 +579,16 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 fn clock_ticks_per_second() -> f64 {
-    let out = Command::new("getconf").arg("CLK_TCK").output().unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    output(Command::new("getconf").arg("CLK_TCK")).trim().parse().unwrap()
+}
+
+fn loadavg_1m() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split(' ')
+        .next()
+        .unwrap_or("")
+        .to_owned()
 }
 
 /// Signed bodies of about 1 KiB, each a different order.
@@ -397,6 +666,7 @@ enum Phase {
 struct Shared {
     phase: Cell<Phase>,
     ids: RefCell<IdStream>,
+    id_prefix: String,
     counts: RefCell<Counts>,
     stop_after: Cell<u64>,
 }
@@ -450,8 +720,9 @@ async fn connection(shared: Rc<Shared>, bodies: Rc<Vec<(Vec<u8>, String)>>, path
         write!(
             request,
             "POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n\
-             x-klikit-signature: {signature}\r\nx-klikit-event-id: ord-{id:020}\r\n\
+             x-klikit-signature: {signature}\r\nx-klikit-event-id: {}{id:012}\r\n\
              x-klikit-event-type: klikit.order.created.v2\r\ncontent-length: {}\r\n\r\n",
+            shared.id_prefix,
             body.len()
         )
         .unwrap();
@@ -503,13 +774,21 @@ async fn connection(shared: Rc<Shared>, bodies: Rc<Vec<(Vec<u8>, String)>>, path
 }
 
 struct RunResult {
+    started_unix: u64,
+    loadavg_1m: String,
+    window_s: f64,
+    requests: usize,
     rps: f64,
     p50_us: f64,
+    p90_us: f64,
     p99_us: f64,
+    max_us: f64,
     cpu_us_per_req: f64,
+    client_cpu_share: f64,
     statuses: BTreeMap<u16, u64>,
     duplicates: u64,
-    client_cpu_share: f64,
+    reconnects: u64,
+    store_records: Option<u64>,
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -521,11 +800,22 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 }
 
 fn run(config: Config, opts: &Options, bodies: &Rc<Vec<(Vec<u8>, String)>>, tck: f64) -> RunResult {
-    let server = start(config.server, opts);
+    let started_unix = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let loadavg = loadavg_1m();
+    let store = match config.server {
+        Server::Receiver(store) => Some(StoreRun::prepare(store, opts)),
+        Server::Twin | Server::Flask => None,
+    };
+    let log = format!("server-r{}-{}.log", opts.round, config.key);
+    let server = start(config.server, store.as_ref(), &log, opts);
     let pid = server.child.id();
     let shared = Rc::new(Shared {
         phase: Cell::new(Phase::Warmup),
         ids: RefCell::new(IdStream::new(config.ids)),
+        id_prefix: format!("{}-r{}-", opts.run_id, opts.round),
         counts: RefCell::default(),
         stop_after: Cell::new(u64::MAX),
     });
@@ -548,40 +838,47 @@ fn run(config: Config, opts: &Options, bodies: &Rc<Vec<(Vec<u8>, String)>>, tck:
     });
     drop(runtime);
     drop(server);
+    let store_records = store.and_then(StoreRun::finish);
     let mut counts = shared.counts.take();
     counts.latencies_us.sort_unstable();
-    let n = counts.latencies_us.len() as f64;
+    let n = counts.latencies_us.len();
     let secs = window.as_secs_f64();
     RunResult {
-        rps: n / secs,
+        started_unix,
+        loadavg_1m: loadavg,
+        window_s: secs,
+        requests: n,
+        rps: n as f64 / secs,
         p50_us: percentile(&counts.latencies_us, 50.0),
+        p90_us: percentile(&counts.latencies_us, 90.0),
         p99_us: percentile(&counts.latencies_us, 99.0),
-        cpu_us_per_req: server_ticks as f64 / tck * 1e6 / n,
+        max_us: counts.latencies_us.last().map_or(f64::NAN, |&m| f64::from(m)),
+        cpu_us_per_req: server_ticks as f64 / tck * 1e6 / n as f64,
+        client_cpu_share: client_ticks as f64 / tck / secs,
         statuses: counts.statuses,
         duplicates: counts.duplicates,
-        client_cpu_share: client_ticks as f64 / tck / secs,
+        reconnects: counts.reconnects,
+        store_records,
     }
 }
 
-fn own_ticks() -> u64 {
-    cpu_ticks_of(std::process::id())
-}
-
-fn cpu_ticks_of(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rfind(')').map_or("", |i| &stat[i + 2..]);
-    let fields: Vec<&str> = rest.split(' ').collect();
-    fields.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-}
-
 /// Sends `total` unique deliveries and samples the server's RSS every `step`.
-fn soak(server: Server, total: u64, step: u64, opts: &Options, bodies: &Rc<Vec<(Vec<u8>, String)>>) -> Vec<(u64, u64)> {
-    let running = start(server, opts);
+fn soak(config: Config, total: u64, step: u64, opts: &Options, bodies: &Rc<Vec<(Vec<u8>, String)>>) -> Vec<(u64, u64)> {
+    let store = match config.server {
+        Server::Receiver(store) => Some(StoreRun::prepare(store, opts)),
+        Server::Twin | Server::Flask => None,
+    };
+    let running = start(
+        config.server,
+        store.as_ref(),
+        &format!("server-soak-{}.log", config.key),
+        opts,
+    );
     let pid = running.child.id();
     let shared = Rc::new(Shared {
         phase: Cell::new(Phase::Measure),
         ids: RefCell::new(IdStream::new(Ids::Unique)),
+        id_prefix: format!("{}-soak-", opts.run_id),
         counts: RefCell::default(),
         stop_after: Cell::new(total),
     });
@@ -593,7 +890,7 @@ fn soak(server: Server, total: u64, step: u64, opts: &Options, bodies: &Rc<Vec<(
     let mut samples = vec![(0, rss_kib(pid))];
     local.block_on(&runtime, async {
         let tasks: Vec<_> = (0..opts.connections)
-            .map(|_| tokio::task::spawn_local(connection(shared.clone(), bodies.clone(), "/webhooks/klikit")))
+            .map(|_| tokio::task::spawn_local(connection(shared.clone(), bodies.clone(), config.path)))
             .collect();
         let mut next = step;
         while shared.phase.get() != Phase::Stop {
@@ -612,258 +909,130 @@ fn soak(server: Server, total: u64, step: u64, opts: &Options, bodies: &Rc<Vec<(
     if samples.last().map(|s| s.0) != Some(done) {
         samples.push((done, rss_kib(pid)));
     }
+    drop(running);
+    if let Some(store) = store {
+        store.finish();
+    }
     let statuses = &shared.counts.borrow().statuses;
     let ok = statuses.get(&200).copied().unwrap_or(0);
     assert_eq!(ok, statuses.values().sum::<u64>(), "soak answers: {statuses:?}");
     samples
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
-}
-
 fn main() {
     let opts = options();
     let tck = clock_ticks_per_second();
     let bodies = Rc::new(bodies());
-    let mut configs = vec![
-        Config {
-            server: Server::Receiver(Store::Memory),
-            path: "/webhooks/klikit",
-            ids: Ids::Unique,
-        },
-        Config {
-            server: Server::Twin,
-            path: "/webhooks/klikit",
-            ids: Ids::Unique,
-        },
-        Config {
-            server: Server::Receiver(Store::Memory),
-            path: "/webhooks/klikit",
-            ids: Ids::Dup20,
-        },
-        Config {
-            server: Server::Twin,
-            path: "/webhooks/klikit",
-            ids: Ids::Dup20,
-        },
-        Config {
-            server: Server::Twin,
-            path: "/ok",
-            ids: Ids::Unique,
-        },
-    ];
-    for store in [Store::Sqlite, Store::Redis, Store::Postgres] {
-        configs.push(Config {
-            server: Server::Receiver(store),
-            path: "/webhooks/klikit",
-            ids: Ids::Unique,
-        });
-    }
-    if opts.flask.is_some() {
-        configs.push(Config {
-            server: Server::Flask,
-            path: "/webhooks/klikit",
-            ids: Ids::Unique,
-        });
-    }
-    if let Some(only) = &opts.only {
-        configs.retain(|c| only.split(',').any(|part| c.label() == part.trim()));
+    std::fs::create_dir_all(&opts.work_dir).unwrap();
+    if let Some(dir) = &opts.log_dir {
+        std::fs::create_dir_all(dir).unwrap();
     }
     println!(
-        "load: {} connections, {:.1} s warm-up + {:.1} s measured per run, {} repetitions, server on CPU {}, \
-         body {} B, clock {} ticks/s",
+        "load round {}: run id {}, {} connections, {:.1} s warm-up + {:.1} s measured per configuration, \
+         server on CPU {}, body {} B, clock {} ticks/s",
+        opts.round,
+        opts.run_id,
         opts.connections,
         opts.warmup.as_secs_f64(),
         opts.duration.as_secs_f64(),
-        opts.reps,
         opts.server_cpu,
         bodies[0].0.len(),
         tck
     );
-    let mut csv = opts.csv.as_ref().map(|p| std::fs::File::create(p).unwrap());
-    if let Some(csv) = csv.as_mut() {
-        writeln!(
-            csv,
-            "rep,config,rps,p50_us,p99_us,server_cpu_us_per_req,client_cpu_share,statuses,duplicates"
-        )
-        .unwrap();
+    let mut csv = opts.csv.as_ref().map(|p| {
+        let mut file = std::fs::File::create(p).unwrap();
+        writeln!(file, "{CSV_HEADER}").unwrap();
+        file
+    });
+    // Rotate the order by the round number: whichever configuration runs
+    // first, or right after another's server was torn down, is not always
+    // the same one.
+    let mut order = opts.configs.clone();
+    if !order.is_empty() {
+        let len = order.len();
+        order.rotate_left((opts.round - 1) % len);
     }
-    let mut results: BTreeMap<Config, Vec<RunResult>> = BTreeMap::new();
-    for rep in 1..=opts.reps {
-        // Rotate the order every repetition: whichever configuration runs
-        // first, or right after Flask's workers are torn down, is not always
-        // the same one.
-        let mut order = configs.clone();
-        order.rotate_left((rep - 1) % configs.len().max(1));
-        for &config in &order {
-            let r = run(config, &opts, &bodies, tck);
-            let statuses: String = r.statuses.iter().map(|(s, n)| format!("{s}x{n} ")).collect();
-            println!(
-                "rep {rep} {:40} {:>9.0} req/s  p50 {:>7.0} µs  p99 {:>7.0} µs  server CPU {:>6.1} µs/req  \
-                 client CPU {:>3.0} %  [{}dup-ignored {}]",
-                config.label(),
+    for (position, &config) in order.iter().enumerate() {
+        let r = run(config, &opts, &bodies, tck);
+        let status_200 = r.statuses.get(&200).copied().unwrap_or(0);
+        let status_other: String = r
+            .statuses
+            .iter()
+            .filter(|(s, _)| **s != 200)
+            .map(|(s, n)| format!("{s}x{n}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let records = r.store_records.map(|n| n.to_string()).unwrap_or_default();
+        println!(
+            "round {} #{} {:40} {:>9.0} req/s  p50 {:>7.0} µs  p99 {:>7.0} µs  server CPU {:>6.1} µs/req  \
+             client CPU {:>3.0} %  [200x{status_200} {status_other}] dup-ignored {} store records {}",
+            opts.round,
+            position + 1,
+            config.label,
+            r.rps,
+            r.p50_us,
+            r.p99_us,
+            r.cpu_us_per_req,
+            r.client_cpu_share * 100.0,
+            r.duplicates,
+            if records.is_empty() { "-" } else { &records },
+        );
+        if let Some(csv) = csv.as_mut() {
+            let mut row = String::new();
+            write!(
+                row,
+                "{},{},{},\"{}\",{},{},{:.3},{},{:.1},{:.0},{:.0},{:.0},{:.0},{:.3},{:.3},{},\"{}\",{},{},{}",
+                opts.round,
+                position + 1,
+                config.key,
+                config.label,
+                r.started_unix,
+                r.loadavg_1m,
+                r.window_s,
+                r.requests,
                 r.rps,
                 r.p50_us,
+                r.p90_us,
                 r.p99_us,
+                r.max_us,
                 r.cpu_us_per_req,
-                r.client_cpu_share * 100.0,
-                statuses,
-                r.duplicates
-            );
-            if let Some(csv) = csv.as_mut() {
-                writeln!(
-                    csv,
-                    "{rep},{},{:.1},{:.1},{:.1},{:.2},{:.3},{},{}",
-                    config.label(),
-                    r.rps,
-                    r.p50_us,
-                    r.p99_us,
-                    r.cpu_us_per_req,
-                    r.client_cpu_share,
-                    statuses.trim(),
-                    r.duplicates
-                )
-                .unwrap();
-            }
-            results.entry(config).or_default().push(r);
-        }
-    }
-
-    let mut summary = String::new();
-    let med = |rs: &[RunResult], f: fn(&RunResult) -> f64| median(&mut rs.iter().map(f).collect::<Vec<_>>());
-    let spread = |rs: &[RunResult], f: fn(&RunResult) -> f64| {
-        let v: Vec<f64> = rs.iter().map(f).collect();
-        let (lo, hi) = (
-            v.iter().copied().fold(f64::INFINITY, f64::min),
-            v.iter().copied().fold(0.0, f64::max),
-        );
-        (lo, hi)
-    };
-    writeln!(summary, "\nmedians of {} runs (min..max):", opts.reps).unwrap();
-    writeln!(
-        summary,
-        "{:40} {:>22} {:>18} {:>18} {:>22}",
-        "configuration", "requests/s", "p50 µs", "p99 µs", "server CPU µs/req"
-    )
-    .unwrap();
-    let mut medians = BTreeMap::new();
-    for (config, rs) in &results {
-        let (rps, p50, p99, cpu) = (
-            med(rs, |r| r.rps),
-            med(rs, |r| r.p50_us),
-            med(rs, |r| r.p99_us),
-            med(rs, |r| r.cpu_us_per_req),
-        );
-        let (rl, rh) = spread(rs, |r| r.rps);
-        let (pl, ph) = spread(rs, |r| r.p99_us);
-        let (cl, ch) = spread(rs, |r| r.cpu_us_per_req);
-        writeln!(
-            summary,
-            "{:40} {:>7.0} ({:>5.0}..{:>5.0}) {:>18.0} {:>6.0} ({:>4.0}..{:>4.0}) {:>6.1} ({:>5.1}..{:>5.1})",
-            config.label(),
-            rps,
-            rl,
-            rh,
-            med(rs, |r| r.p50_us),
-            p99,
-            pl,
-            ph,
-            cpu,
-            cl,
-            ch
-        )
-        .unwrap();
-        let _ = p50;
-        medians.insert(*config, (rps, p99, cpu));
-    }
-    writeln!(summary, "\nratios (of medians):").unwrap();
-    for ids in [Ids::Unique, Ids::Dup20] {
-        let receiver = medians.get(&Config {
-            server: Server::Receiver(Store::Memory),
-            path: "/webhooks/klikit",
-            ids,
-        });
-        let twin = medians.get(&Config {
-            server: Server::Twin,
-            path: "/webhooks/klikit",
-            ids,
-        });
-        if let (Some(r), Some(t)) = (receiver, twin) {
-            writeln!(
-                summary,
-                "  {:7} receiver/twin: requests/s {:.3} (target >= 0.90), p99 {:.2}x (target <= 1.2), \
-                 CPU/req {:.3}x (target <= 1.10)",
-                format!("{ids:?}"),
-                r.0 / t.0,
-                r.1 / t.1,
-                r.2 / t.2
+                r.client_cpu_share,
+                status_200,
+                status_other,
+                r.duplicates,
+                r.reconnects,
+                records
             )
             .unwrap();
+            writeln!(csv, "{row}").unwrap();
         }
     }
-    for store in [Store::Sqlite, Store::Redis, Store::Postgres] {
-        let with_store = medians.get(&Config {
-            server: Server::Receiver(store),
-            path: "/webhooks/klikit",
-            ids: Ids::Unique,
-        });
-        let twin = medians.get(&Config {
-            server: Server::Twin,
-            path: "/webhooks/klikit",
-            ids: Ids::Unique,
-        });
-        if let (Some(r), Some(t)) = (with_store, twin) {
-            writeln!(
-                summary,
-                "  {:?} receiver/twin (in-memory set): requests/s {:.3}, p99 {:.2}x, CPU/req {:.3}x",
-                store,
-                r.0 / t.0,
-                r.1 / t.1,
-                r.2 / t.2
-            )
-            .unwrap();
-        }
-    }
-    let receiver = medians.get(&Config {
-        server: Server::Receiver(Store::Memory),
-        path: "/webhooks/klikit",
-        ids: Ids::Unique,
-    });
-    let flask = medians.get(&Config {
-        server: Server::Flask,
-        path: "/webhooks/klikit",
-        ids: Ids::Unique,
-    });
-    if let (Some(r), Some(f)) = (receiver, flask) {
-        writeln!(
-            summary,
-            "  receiver/flask: requests/s {:.1}x (target >= 15x), CPU/req {:.3}x",
-            r.0 / f.0,
-            r.2 / f.2
-        )
-        .unwrap();
-    }
-    print!("{summary}");
 
     if opts.soak > 0 {
-        for server in [Server::Receiver(Store::Memory), Server::Twin] {
-            let samples = soak(server, opts.soak, opts.soak / 10, &opts, &bodies);
+        let mut soak_csv = opts.soak_csv.as_ref().map(|p| {
+            let mut file = std::fs::File::create(p).unwrap();
+            writeln!(file, "config,label,deliveries,rss_kib").unwrap();
+            file
+        });
+        for key in ["memory", "twin"] {
+            let config = Config::from_key(key).unwrap();
+            let samples = soak(config, opts.soak, (opts.soak / 10).max(1), &opts, &bodies);
             let line: Vec<String> = samples
                 .iter()
                 .map(|(n, kib)| format!("{}k:{:.1}", n / 1000, *kib as f64 / 1024.0))
                 .collect();
             println!(
-                "soak {server:?}: {} unique deliveries, RSS MiB by deliveries: {}",
+                "soak {}: {} unique deliveries, RSS MiB by deliveries: {}",
+                config.label,
                 opts.soak,
                 line.join(" ")
             );
+            if let Some(file) = soak_csv.as_mut() {
+                for (n, kib) in samples {
+                    writeln!(file, "{},\"{}\",{n},{kib}", config.key, config.label).unwrap();
+                }
+            }
         }
     }
+    let _ = std::fs::remove_dir(&opts.work_dir);
 }

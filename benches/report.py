@@ -1,0 +1,437 @@
+"""Writes summary.md and the charts of a results folder from its raw files.
+
+Usage: python benches/report.py <results folder> [--baseline <earlier results folder>]
+
+`bash benches/run.sh` calls it at the end of a run; it can be rerun on any
+results folder. It reads only files of that folder (and of the baseline):
+load/round-*.csv (examples/load.rs), criterion/round-*/**/new/estimates.json
+(criterion), soak.csv, run.txt, machine.txt and loadavg.txt. Every figure is
+given as the median over all rounds with the minimum and maximum; no round is
+left out. Ratios are given as the ratio of the medians, with the minimum and
+maximum of the per-round ratios (the two configurations of a ratio ran in the
+same round). Needs matplotlib for the charts.
+"""
+
+import argparse
+import collections
+import csv
+import json
+import math
+import pathlib
+import re
+import statistics
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+# The load figures of a round, by CSV column.
+MEASURES = {
+    "rps": "requests/s",
+    "p50_us": "p50 latency µs",
+    "p99_us": "p99 latency µs",
+    "server_cpu_us_per_req": "server CPU µs/delivery",
+    "client_cpu_share": "driver CPU share",
+}
+ORDER = ["twin", "memory", "sqlite", "redis", "postgres", "twin-ok", "memory-dup20", "twin-dup20", "flask"]
+
+
+def med(values):
+    return statistics.median(values) if values else math.nan
+
+
+def spread(values):
+    """median, min, max"""
+    return (med(values), min(values), max(values)) if values else (math.nan,) * 3
+
+
+def fmt(value, digits=0):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:,.{digits}f}"
+
+
+def cell(values, digits=0):
+    m, lo, hi = spread(values)
+    return f"{fmt(m, digits)} ({fmt(lo, digits)}–{fmt(hi, digits)})"
+
+
+def plural(n, word):
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+SIZES = {"64B": 64, "1KiB": 1 << 10, "16KiB": 16 << 10, "1MiB": 1 << 20}
+
+
+def bench_order(bench_id):
+    """Criterion ids grouped by benchmark, sizes in increasing order."""
+    parts = bench_id.split("/")
+    return (parts[0], SIZES.get(parts[-1], 0), parts[1:])
+
+
+def fmt_ns(ns):
+    if ns >= 1e6:
+        return f"{ns / 1e6:.3f} ms"
+    if ns >= 1e3:
+        return f"{ns / 1e3:.3f} µs"
+    return f"{ns:.1f} ns"
+
+
+def read_load(folder):
+    """{config: {round: row}}, {config: label}"""
+    runs, labels = collections.defaultdict(dict), {}
+    for path in sorted((folder / "load").glob("round-*.csv"), key=lambda p: int(p.stem.split("-")[1])):
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                key = row["config"]
+                labels[key] = row["label"]
+                runs[key][int(row["round"])] = row
+    return runs, labels
+
+
+def values(runs, config, column):
+    return [float(row[column]) for _, row in sorted(runs.get(config, {}).items())]
+
+
+def per_round(runs, config, column):
+    return {r: float(row[column]) for r, row in runs.get(config, {}).items()}
+
+
+def read_criterion(folder):
+    """{benchmark id: {round: median ns}}"""
+    out = collections.defaultdict(dict)
+    for round_dir in sorted((folder / "criterion").glob("round-*")):
+        r = int(round_dir.name.split("-")[1])
+        for est in round_dir.glob("**/new/estimates.json"):
+            bench = est.parent.parent
+            full_id = "/".join(bench.relative_to(round_dir).parts)
+            meta = bench / "new" / "benchmark.json"
+            if meta.exists():
+                full_id = json.loads(meta.read_text()).get("full_id", full_id)
+            out[full_id][r] = json.loads(est.read_text())["median"]["point_estimate"]
+    return out
+
+
+def read_soak(folder):
+    """{config: [(deliveries, rss KiB)]}, {config: label}"""
+    path = folder / "soak.csv"
+    samples, labels = collections.defaultdict(list), {}
+    if path.exists():
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                samples[row["config"]].append((int(row["deliveries"]), int(row["rss_kib"])))
+                labels[row["config"]] = row["label"]
+    return samples, labels
+
+
+def machine_facts(folder):
+    text = (folder / "machine.txt").read_text() if (folder / "machine.txt").exists() else ""
+
+    def field(name):
+        m = re.search(rf"^{re.escape(name)}:\s*(.+)$", text, re.M)
+        return m.group(1).strip() if m else "?"
+
+    def section(title):
+        m = re.search(rf"^## {re.escape(title)}[^\n]*\n(.+?)$", text, re.M)
+        return m.group(1).strip() if m else "?"
+
+    flags = field("Flags").split()
+    return {
+        "cpu": f"{field('Model name')}, {field('CPU(s)')} CPUs ({field('Thread(s) per core')} thread per core), "
+        f"family {field('CPU family')} model {field('Model')}, hypervisor {field('Hypervisor vendor')}, "
+        f"L2 {field('L2 cache')}, L3 {field('L3 cache')}, SHA-NI {'yes' if 'sha_ni' in flags else 'no'}",
+        "kernel": section("uname -a"),
+        "rustc": section("rustc -Vv"),
+        "load_before": section("load average before"),
+        "load_after": section("load average after"),
+    }
+
+
+def ratio_stats(runs, a, b, column):
+    """Ratio of the medians, and min/max of the per-round ratios."""
+    ra, rb = per_round(runs, a, column), per_round(runs, b, column)
+    if not ra or not rb:
+        return None
+    rounds = sorted(set(ra) & set(rb))
+    per = [ra[r] / rb[r] for r in rounds if rb[r]]
+    return med(list(ra.values())) / med(list(rb.values())), min(per), max(per), per
+
+
+def cross_stats(runs, base_runs, config, column):
+    """This run against a baseline run: ratio of the medians; the worst and
+    best pairing of a round of each."""
+    now, before = values(runs, config, column), values(base_runs, config, column)
+    if not now or not before:
+        return None
+    pairs = [n / b for n in now for b in before if b]
+    return med(now) / med(before), min(pairs), max(pairs), pairs
+
+
+def check(value, op, target):
+    return value >= target if op == ">=" else value <= target if op == "<=" else value > target
+
+
+def bar_chart(path, title, xlabel, keys, labels, data, digits=0, log=False):
+    """Horizontal bars at the median, whiskers from min to max, a dot per round."""
+    keys = [k for k in keys if data.get(k)]
+    if not keys:
+        return False
+    medians = [med(data[k]) for k in keys]
+    lows = [m - min(data[k]) for k, m in zip(keys, medians)]
+    highs = [max(data[k]) - m for k, m in zip(keys, medians)]
+    fig, ax = plt.subplots(figsize=(10, 0.55 * len(keys) + 1.8))
+    y = list(range(len(keys)))
+    ax.barh(y, medians, xerr=[lows, highs], color="#4c72b0", alpha=0.85, capsize=5, error_kw={"elinewidth": 1.5})
+    for i, k in enumerate(keys):
+        ax.scatter(data[k], [i] * len(data[k]), color="black", s=12, zorder=3)
+        ax.text(max(data[k]), i, f"  {fmt(medians[i], digits)}", va="center", fontsize=9)
+    ax.set_yticks(y, [labels.get(k, k) for k in keys])
+    ax.invert_yaxis()
+    if log:
+        ax.set_xscale("log")
+        ax.set_xlim(min(min(v) for v in data.values() if v) / 2, max(max(v) for v in data.values() if v) * 8)
+    else:
+        ax.set_xlim(0, max(max(data[k]) for k in keys) * 1.22)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=11)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", type=pathlib.Path)
+    parser.add_argument("--baseline", type=pathlib.Path)
+    args = parser.parse_args()
+    folder = args.folder.resolve()
+    runs, labels = read_load(folder)
+    configs = [k for k in ORDER if k in runs] + sorted(k for k in runs if k not in ORDER)
+    rounds = sorted({r for rs in runs.values() for r in rs})
+    micro = read_criterion(folder)
+    soak, soak_labels = read_soak(folder)
+    base_runs = read_load(args.baseline.resolve())[0] if args.baseline else {}
+    facts = machine_facts(folder)
+    run_txt = (folder / "run.txt").read_text() if (folder / "run.txt").exists() else ""
+    header = next(iter(sorted((folder / "load").glob("round-*.txt"))), None)
+    settings = header.read_text().splitlines()[0] if header else ""
+
+    out = []
+    w = out.append
+    w(f"# Benchmark results: {folder.name}\n")
+    w(
+        "Generated by `benches/report.py` from the raw files of this folder, which `bash benches/run.sh` wrote. "
+        f"Every figure is the **median of all {plural(len(rounds), 'round')} (minimum–maximum)**; no round is left out. "
+        "A ratio is the ratio of the two medians, with the minimum–maximum of the per-round ratios "
+        "(both configurations of a ratio ran in the same round).\n"
+    )
+    w("## Run and machine\n")
+    w(f"- CPU: {facts['cpu']}")
+    w(f"- kernel: `{facts['kernel']}`; `{facts['rustc']}`")
+    w(f"- load average (1, 5, 15 min) before: {facts['load_before']}; after: {facts['load_after']}; "
+      "at the start of each round: [loadavg.txt](loadavg.txt); at the start of each run: the `loadavg_1m` "
+      "column of the CSV files")
+    w(f"- driver: `{settings}`")
+    w("- raw files: [run.txt](run.txt) (below), [machine.txt](machine.txt) (lscpu, uname, rustc, the store "
+      "servers' versions and settings), [build.log](build.log), [python-packages.txt](python-packages.txt)\n")
+    w("```")
+    w(run_txt.rstrip())
+    w("```\n")
+
+    # ---- goals
+    goals = []
+
+    def goal(name, stats, op, target, note=""):
+        goals.append((name, stats, op, target, note))
+
+    if "sqlite" in runs and "memory" in runs:
+        goal("SQLite (default store) requests/s ÷ memory requests/s", ratio_stats(runs, "sqlite", "memory", "rps"),
+             ">=", 0.5)
+        goal("SQLite p99 ÷ memory p99", ratio_stats(runs, "sqlite", "memory", "p99_us"), "<=", 2.0)
+    if "postgres" in runs:
+        v = values(runs, "postgres", "server_cpu_us_per_req")
+        goal("Postgres: receiver CPU µs per delivery (Postgres' own CPU not counted)",
+             (med(v), min(v), max(v), v), "<=", 50.0)
+        if base_runs:
+            goal("Postgres requests/s ÷ baseline Postgres requests/s", cross_stats(runs, base_runs, "postgres", "rps"),
+                 ">=", 2.0, "baseline")
+    if "redis" in runs and base_runs:
+        goal("Redis requests/s ÷ baseline Redis requests/s", cross_stats(runs, base_runs, "redis", "rps"), ">=", 1.0,
+             "baseline")
+        goal("Redis CPU µs/delivery ÷ baseline Redis CPU µs/delivery",
+             cross_stats(runs, base_runs, "redis", "server_cpu_us_per_req"), "<=", 1.0, "baseline")
+    if "memory" in runs and "twin" in runs:
+        goal("memory requests/s ÷ twin requests/s", ratio_stats(runs, "memory", "twin", "rps"), ">", 1.0)
+        goal("memory CPU µs/delivery ÷ twin CPU µs/delivery",
+             ratio_stats(runs, "memory", "twin", "server_cpu_us_per_req"), None, None)
+    w("## The goals of issue 13\n")
+    w("| figure | median | min–max | target | met by the median | met in every round |")
+    w("|---|---|---|---|---|---|")
+    for name, stats, op, target, note in goals:
+        if stats is None:
+            w(f"| {name} | not run | | | | |")
+            continue
+        m, lo, hi, per = stats
+        digits = 1 if "CPU µs per delivery" in name else 3
+        if op is None:
+            w(f"| {name} | {fmt(m, digits)} | {fmt(lo, digits)}–{fmt(hi, digits)} | (reported) | | |")
+            continue
+        every = all(check(p, op, target) for p in per)
+        every_text = ("yes" if every else "no") + (" (every pairing with a baseline round)" if note else "")
+        w(f"| {name} | {fmt(m, digits)} | {fmt(lo, digits)}–{fmt(hi, digits)} | {op} {target:g} | "
+          f"{'yes' if check(m, op, target) else '**no**'} | {every_text} |")
+    if not base_runs:
+        w("\nNo `BASELINE` was given: the comparisons of Postgres and Redis with an earlier run are left out.")
+    else:
+        w(f"\nBaseline: `{args.baseline}` (its `load/round-*.csv`). A ratio to the baseline is the ratio of the two "
+          "medians; its min–max pairs every round of this run with every round of the baseline. Two runs at "
+          "different times see different background load: compare their `loadavg_1m` columns.")
+    w("")
+
+    # ---- load
+    w("## Load\n")
+    w("Each configuration ran once per round, in an order rotated by one each round "
+      "([`examples/load.rs`](../../../examples/load.rs) describes a run). "
+      "Server CPU is the server's own utime+stime over the measured window divided by the deliveries; "
+      "Redis' and Postgres' CPU is not in it. Driver CPU share is the part of its core the driver used: "
+      "well below 1 means the driver was not the bottleneck.\n")
+    w("| configuration | rounds | requests/s | p50 µs | p99 µs | server CPU µs/delivery | driver CPU share "
+      "| answers (all rounds) | store records after each run |")
+    w("|---|---|---|---|---|---|---|---|---|")
+    problems = []
+    for k in configs:
+        rows = [row for _, row in sorted(runs[k].items())]
+        ok = sum(int(row["status_200"]) for row in rows)
+        other = " ".join(row["status_other"] for row in rows if row["status_other"])
+        dup = sum(int(row["duplicates"]) for row in rows)
+        answers = f"200×{ok:,}" + (f", other: {other}" if other else "") + (f", duplicate-ignored {dup:,}" if dup else "")
+        if other:
+            problems.append(f"{labels[k]}: answers other than 200: {other}")
+        if not k.endswith("dup20") and dup:
+            problems.append(f"{labels[k]}: {dup} duplicate-ignored answers with unique ids")
+        records = ", ".join(f"{int(row['store_records']):,}" for row in rows if row["store_records"]) or "–"
+        w(f"| {labels[k]} | {len(rows)} | {cell(values(runs, k, 'rps'))} | {cell(values(runs, k, 'p50_us'))} | "
+          f"{cell(values(runs, k, 'p99_us'))} | {cell(values(runs, k, 'server_cpu_us_per_req'), 1)} | "
+          f"{cell(values(runs, k, 'client_cpu_share'), 2)} | {answers} | {records} |")
+    missing = [(k, r) for k in configs for r in rounds if r not in runs[k]]
+    for k, r in missing:
+        problems.append(f"{labels[k]}: no result in round {r}")
+    w("")
+    if problems:
+        w("**Check these before quoting the figures:**\n")
+        for p in problems:
+            w(f"- {p}")
+        w("")
+    charts = [
+        ("requests_per_second.png", "rps", "requests/s", 0),
+        ("cpu_us_per_delivery.png", "server_cpu_us_per_req", "server CPU µs per delivery (lower is better)", 1),
+        ("p99_latency_us.png", "p99_us", "p99 latency µs (lower is better)", 0),
+    ]
+    for name, column, xlabel, digits in charts:
+        data = {k: values(runs, k, column) for k in configs}
+        title = (f"{xlabel.split(' (')[0]} by configuration: median of {plural(len(rounds), 'round')}, "
+                 f"whiskers min–max, dots = rounds\n{folder.name}")
+        if bar_chart(folder / name, title, xlabel, configs, labels, data, digits):
+            w(f"![{xlabel}]({name})\n")
+    w("Raw files: " + ", ".join(
+        f"[round {r}](load/round-{r}.csv) ([text](load/round-{r}.txt))" for r in rounds)
+      + "; the servers' logs in [load/logs/](load/logs/).\n")
+
+    # ---- micro
+    if micro:
+        mrounds = sorted({r for v in micro.values() for r in v})
+        w("## Micro benchmarks (criterion)\n")
+        w(f"Each round ran `benches/verify.rs`, `layer.rs` and `store.rs` once (`verify` and `layer` pinned to the "
+          f"server's CPU, `store` unpinned: it also runs one thread per CPU). A figure is criterion's median "
+          f"time per iteration in each round; the table gives the median of {plural(len(mrounds), 'round')} "
+          "(minimum–maximum).\n")
+        w("| benchmark | rounds | time per iteration |")
+        w("|---|---|---|")
+        for bench in sorted(micro, key=bench_order):
+            v = [micro[bench][r] for r in sorted(micro[bench])]
+            m, lo, hi = spread(v)
+            w(f"| `{bench}` | {len(v)} | {fmt_ns(m)} ({fmt_ns(lo)}–{fmt_ns(hi)}) |")
+        w("")
+
+        def micro_ratio(a, b):
+            if a not in micro or b not in micro:
+                return None
+            rs = sorted(set(micro[a]) & set(micro[b]))
+            per = [micro[a][r] / micro[b][r] for r in rs]
+            return med(list(micro[a].values())) / med(list(micro[b].values())), min(per), max(per)
+
+        lines = []
+        for size in ["64B", "1KiB", "16KiB", "1MiB"]:
+            rt = micro_ratio(f"verify/verifier/{size}", f"verify/hmac_prekeyed/{size}")
+            if rt:
+                lines.append(f"- verify {size}: `Verifier` time ÷ pre-keyed HMAC time = {rt[0]:.3f} "
+                             f"({rt[1]:.3f}–{rt[2]:.3f} per round)")
+        v = micro.get("verify/verifier/1MiB")
+        if v:
+            mbps = [(1 << 20) / ns * 1e3 for ns in v.values()]
+            lines.append(f"- verify 1 MiB: `Verifier` throughput {cell(mbps)} MB/s")
+        g = "router_oneshot_1KiB"
+        rt = micro_ratio(f"{g}/layer_memory_store", f"{g}/by_hand")
+        if rt:
+            lines.append(f"- router, 1 KiB: layer + MemoryStore time ÷ by-hand time = {rt[0]:.3f} "
+                         f"({rt[1]:.3f}–{rt[2]:.3f} per round)")
+        a, b = micro.get(f"{g}/layer_memory_store"), micro.get(f"{g}/bare")
+        if a and b:
+            added = [a[r] - b[r] for r in sorted(set(a) & set(b))]
+            lines.append(f"- router, 1 KiB: the layer adds {fmt_ns(med(added))} per request over the bare router "
+                         f"({fmt_ns(min(added))}–{fmt_ns(max(added))} per round)")
+        for bench in sorted(micro):
+            if bench.startswith("memory_store_claim_complete/"):
+                ops = [1e3 / ns for ns in micro[bench].values()]
+                lines.append(f"- `{bench}`: {cell(ops, 2)} million claim + complete per second")
+        if lines:
+            w("\n".join(lines) + "\n")
+        data = {b: list(micro[b].values()) for b in micro}
+        keys = sorted(micro, key=bench_order)
+        if bar_chart(folder / "micro.png", f"criterion: time per iteration, median of {plural(len(mrounds), 'round')}, "
+                     f"whiskers min–max, dots = rounds\n{folder.name}", "ns per iteration (log scale)",
+                     keys, {k: k for k in keys}, data, 0, log=True):
+            w("![criterion time per iteration](micro.png)\n")
+        w("Raw files: " + ", ".join(
+            f"[round {r}](criterion/round-{r}/) (criterion's JSON per benchmark; its output in "
+            f"[verify](criterion/round-{r}/verify.txt), [layer](criterion/round-{r}/layer.txt), "
+            f"[store](criterion/round-{r}/store.txt))" for r in mrounds) + ".\n")
+
+    # ---- soak
+    if soak:
+        w("## RSS soak\n")
+        w("Unique deliveries to a fresh server, its RSS (`VmRSS`) sampled every tenth of the run; one run, "
+          "after the rounds ([soak.csv](soak.csv), [soak.txt](soak.txt)).\n")
+        keys = list(soak)
+        w("| deliveries | " + " | ".join(f"{soak_labels[k]}: RSS MiB" for k in keys) + " |")
+        w("|---" * (len(keys) + 1) + "|")
+        for i in range(max(len(v) for v in soak.values())):
+            cells = []
+            for k in keys:
+                cells.append(f"{soak[k][i][1] / 1024:.1f}" if i < len(soak[k]) else "")
+            n = next(soak[k][i][0] for k in keys if i < len(soak[k]))
+            w(f"| {n:,} | " + " | ".join(cells) + " |")
+        w("")
+        fig, ax = plt.subplots(figsize=(9, 4))
+        for k in keys:
+            ax.plot([n for n, _ in soak[k]], [kib / 1024 for _, kib in soak[k]], marker="o", label=soak_labels[k])
+        ax.set_xlabel("deliveries")
+        ax.set_ylabel("RSS MiB")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        ax.set_title(f"RSS during the soak\n{folder.name}", fontsize=11)
+        fig.tight_layout()
+        fig.savefig(folder / "soak_rss.png", dpi=110)
+        plt.close(fig)
+        w("![RSS during the soak](soak_rss.png)\n")
+
+    (folder / "summary.md").write_text("\n".join(out))
+    print(f"wrote {folder / 'summary.md'}")
+
+
+if __name__ == "__main__":
+    main()

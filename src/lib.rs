@@ -59,14 +59,14 @@
 //!
 //! ```text
 //! Klikit            layer                         store              handler
-//!   |-- POST id=E -->|-- claim(E, lease) ------------>|                   |
-//!   |                |<-- New(lease) ----------------|                   |
+//!   |-- POST id=E -->|-- claim(E+token, lease) ------>|                   |
+//!   |                |<-- New ------------------------|                   |
 //!   |                |-- request + KlikitEvent ------------------------->|
 //!   |                |<-- 2xx -------------------------------------------|
-//!   |                |-- complete(lease, 24h) ------->|                   |
+//!   |                |-- complete(token, digest, 24h)>|                   |
 //!   |<-- 2xx --------|                                |                   |
-//!   |-- retry id=E ->|-- claim(E) ------------------->|                   |
-//!   |<-- 200 duplicate-ignored <-- Done --------------|                   |
+//!   |-- retry id=E ->|-- claim(E+token2) ------------>|                   |
+//!   |<-- 200 duplicate-ignored <-- Done { digest } ---|                   |
 //! ```
 //!
 //! A handler that fails (non-2xx, error, panic, dropped connection) releases

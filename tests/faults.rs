@@ -43,9 +43,8 @@ use faults_util::{
 };
 use http::StatusCode;
 use klikit_webhook::{
-    DedupStore, EventId, KlikitEvent, KlikitWebhookLayer, PostgresStore, RedisStore, SqliteStore, StoreError,
-    WebhookSecret,
-    store::{Claim, Lease, LeaseToken},
+    DedupStore, KlikitEvent, KlikitWebhookLayer, PostgresStore, RedisStore, SqliteStore, StoreError, WebhookSecret,
+    store::{BodyDigest, Claim, Lease, LeaseToken},
     testing::WEBHOOK_PATH,
 };
 use serde_json::{Value, json};
@@ -401,12 +400,12 @@ struct HangingStore {
 
 #[async_trait]
 impl DedupStore for HangingStore {
-    async fn claim(&self, _: &EventId, _: Duration) -> Result<Claim, StoreError> {
+    async fn claim(&self, _: &Lease, _: Duration) -> Result<Claim, StoreError> {
         self.claims.fetch_add(1, Ordering::SeqCst);
         std::future::pending().await
     }
 
-    async fn complete(&self, _: &Lease, _: Duration) -> Result<bool, StoreError> {
+    async fn complete(&self, _: &Lease, _: BodyDigest, _: Duration) -> Result<bool, StoreError> {
         self.finishes.fetch_add(1, Ordering::SeqCst);
         std::future::pending().await
     }

@@ -5,11 +5,13 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
+use bytes::Bytes;
+
 use super::Refusal;
 use crate::{
     EventId, RejectionKind, StoreFailurePolicy,
     layer::Config,
-    store::{Claim, Lease, StoreError},
+    store::{BodyDigest, Claim, Lease, StoreError},
 };
 
 /// The prefix of signature dedup keys. Event ids that start with it are
@@ -58,9 +60,10 @@ enum Decision {
 }
 
 async fn claim(config: &Config, key: &EventId) -> Decision {
-    match with_timeout(config.store_timeout, config.store.claim(key, config.lease)).await {
-        Ok(Claim::New(lease)) => Decision::New(lease),
-        Ok(Claim::Done) => Decision::Refused(Refusal::Duplicate),
+    let lease = Lease::generate(key.clone());
+    match with_timeout(config.store_timeout, config.store.claim(&lease, config.lease)).await {
+        Ok(Claim::New) => Decision::New(lease),
+        Ok(Claim::Done { .. }) => Decision::Refused(Refusal::Duplicate),
         Ok(Claim::InFlight { retry_after }) => Decision::Refused(Refusal::Rejected {
             kind: RejectionKind::InFlight {
                 retry_after: retry_after.unwrap_or(Duration::from_secs(1)),
@@ -113,7 +116,8 @@ pub(super) struct ClaimGuard {
     lease: Option<Lease>,
     /// The claim on the body's signature, with signature deduplication on.
     replay_lease: Option<Lease>,
-    succeeded: bool,
+    /// Set when the handler succeeded: the digest to complete with.
+    succeeded: Option<BodyDigest>,
 }
 
 impl ClaimGuard {
@@ -122,26 +126,29 @@ impl ClaimGuard {
             config,
             lease: Some(lease),
             replay_lease: None,
-            succeeded: false,
+            succeeded: None,
         }
     }
 
-    /// The handler answered 2xx: remember the event as processed.
-    pub(super) async fn complete(mut self) {
-        self.succeeded = true;
-        self.finish_all(true).await;
+    /// The handler answered 2xx for `body`: remember the event as
+    /// processed, with the body's digest.
+    pub(super) async fn complete(mut self, body: &Bytes) {
+        let digest = BodyDigest::of(body);
+        self.succeeded = Some(digest);
+        self.finish_all(Some(digest)).await;
     }
 
     /// The handler failed: give the event back for the sender's retry.
     pub(super) async fn release(mut self) {
-        self.finish_all(false).await;
+        self.finish_all(None).await;
     }
 
-    /// Finishes every lease; one that is cancelled midway is left to `Drop`.
-    async fn finish_all(&mut self, complete: bool) {
+    /// Finishes every lease (completes with `digest`, or releases without);
+    /// one that is cancelled midway is left to `Drop`.
+    async fn finish_all(&mut self, digest: Option<BodyDigest>) {
         for slot in [&mut self.lease, &mut self.replay_lease] {
             if let Some(lease) = slot.as_ref() {
-                finish(&self.config, lease, complete).await;
+                finish(&self.config, lease, digest).await;
             }
             *slot = None;
         }
@@ -157,9 +164,9 @@ impl Drop for ClaimGuard {
         if leases.is_empty() {
             return;
         }
-        let complete = self.succeeded;
+        let digest = self.succeeded;
         tracing::warn!(
-            complete,
+            complete = digest.is_some(),
             panicking = std::thread::panicking(),
             "klikit delivery ended before its claim was finished; finishing it in the background"
         );
@@ -169,32 +176,33 @@ impl Drop for ClaimGuard {
         let config = self.config.clone();
         runtime.spawn(async move {
             for lease in &leases {
-                finish(&config, lease, complete).await;
+                finish(&config, lease, digest).await;
             }
         });
     }
 }
 
-/// Completes (after a 2xx) or releases one lease, within the store timeout.
-async fn finish(config: &Arc<Config>, lease: &Lease, complete: bool) {
+/// Completes with the processed body's `digest` (after a 2xx) or releases
+/// (without one) one lease, within the store timeout.
+async fn finish(config: &Arc<Config>, lease: &Lease, digest: Option<BodyDigest>) {
     let (store, timeout) = (&config.store, config.store_timeout);
-    let result = if complete {
-        with_timeout(timeout, store.complete(lease, config.retention)).await
-    } else {
-        with_timeout(timeout, store.release(lease)).await
+    let complete = digest.is_some();
+    let result = match digest {
+        Some(digest) => with_timeout(timeout, store.complete(lease, digest, config.retention)).await,
+        None => with_timeout(timeout, store.release(lease)).await,
     };
-    match (result, complete) {
-        (Ok(true), true) => tracing::trace!("claim completed"),
-        (Ok(true), false) => tracing::trace!("claim released"),
+    match (result, digest) {
+        (Ok(true), Some(_)) => tracing::trace!("claim completed"),
+        (Ok(true), None) => tracing::trace!("claim released"),
         (Ok(false), _) => tracing::warn!(
             complete,
             "claim had expired and was taken over before it was finished; the event may be processed again"
         ),
-        (Err(error), true) => {
+        (Err(error), Some(digest)) => {
             tracing::warn!(%error, "could not record the processed event; retrying in the background");
-            retry_complete(config.clone(), lease.clone());
+            retry_complete(config.clone(), lease.clone(), digest);
         }
-        (Err(error), false) => tracing::error!(
+        (Err(error), None) => tracing::error!(
             %error,
             "could not release the claim; the retry is processed once the lease expires"
         ),
@@ -209,7 +217,7 @@ async fn finish(config: &Arc<Config>, lease: &Lease, complete: bool) {
 /// claim in flight would let the first delivery after the lease run the
 /// handler again. Retrying is safe: `complete` acts only while this lease's
 /// token holds the claim.
-fn retry_complete(config: Arc<Config>, lease: Lease) {
+fn retry_complete(config: Arc<Config>, lease: Lease, digest: BodyDigest) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
@@ -220,7 +228,12 @@ fn retry_complete(config: Arc<Config>, lease: Lease) {
         let mut delay = Duration::ZERO;
         while tokio::time::Instant::now() + delay < give_up {
             tokio::time::sleep(delay).await;
-            match with_timeout(config.store_timeout, config.store.complete(&lease, config.retention)).await {
+            match with_timeout(
+                config.store_timeout,
+                config.store.complete(&lease, digest, config.retention),
+            )
+            .await
+            {
                 Ok(true) => {
                     tracing::info!(event_id = %lease.event_id(), "processed event recorded on retry");
                     return;

@@ -237,12 +237,13 @@ where
     if let Some(signature) = parts.headers.get_mut(scheme.signature_header()) {
         signature.set_sensitive(true);
     }
-    let result = inner.call(Request::from_parts(parts, Full::new(bytes))).await;
+    // The claim's completion digests the body; the handler gets its own handle.
+    let result = inner.call(Request::from_parts(parts, Full::new(bytes.clone()))).await;
     if let Some(guard) = guard {
         // Read the status now: the response itself need not be Sync.
         let succeeded = result.as_ref().is_ok_and(|response| response.status().is_success());
         if succeeded {
-            guard.complete().await;
+            guard.complete(&bytes).await;
         } else {
             guard.release().await;
         }

@@ -74,6 +74,16 @@
 //! leaves it to expire after the lease (default 60 s). Meanwhile a concurrent
 //! delivery of the same id gets 409 and Klikit retries it later.
 //!
+//! The layer makes each claim's token before it calls the store. A claim the
+//! layer stopped waiting for (store timeout, dropped request) may still land
+//! in the store; the layer then releases that token in the background, so the
+//! next retry after the store recovers is processed within seconds instead of
+//! getting 409 for a whole lease. A `complete` or `release` that fails is
+//! retried in the background, with jittered backoff, until it succeeds or the
+//! lease (counted from the claim) would have ended; at most
+//! [`MAX_BACKGROUND_TASKS`](KlikitWebhookLayer::MAX_BACKGROUND_TASKS) such
+//! tasks run at once.
+//!
 //! # Other stacks
 //!
 //! The service accepts any request body and passes the inner service a

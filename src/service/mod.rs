@@ -28,6 +28,7 @@ use http_body_util::Full;
 use tower_service::Service;
 use tracing::Instrument;
 
+pub(crate) use self::claim::{Background, MAX_BACKGROUND_TASKS};
 pub use self::future::ResponseFuture;
 use self::{
     body::IncomingBody,

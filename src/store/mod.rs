@@ -32,8 +32,10 @@
 //! command already written to its connection, sqlx's SQLite worker runs a
 //! statement its caller no longer awaits. Were the token made inside the
 //! store, nobody would hold that claim, and every retry of the event would
-//! get 409 until its lease ran out. The caller that knows the token can
-//! release that claim instead.
+//! get 409 until its lease ran out. Because the layer knows the token, it
+//! releases that claim in the background instead (retrying until the release
+//! removes it or the lease would have ended), so the next retry after the
+//! store recovers is processed within seconds.
 //!
 //! # The body digest
 //!

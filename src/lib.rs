@@ -48,7 +48,7 @@
 //! | body over the limit (default 1 MiB) | 413 | no |
 //! | body not received within the read timeout (default 5 s) | 408 | no |
 //! | signature malformed or wrong | 401 | no |
-//! | event already processed | 200 `{"status":"duplicate-ignored"}` | no |
+//! | event already processed | 200 `{"status":"duplicate-ignored"}` (another body than the processed one: the same, logged at `WARN` and counted as [`DuplicateBodyMismatch`](DeliveryOutcome::DuplicateBodyMismatch)) | no |
 //! | event being processed by another delivery | 409 + `Retry-After` | no |
 //! | dedup store failed or timed out | 503 + `Retry-After` | no (unless failing open) |
 //! | otherwise | the handler's answer; 2xx completes the claim, anything else releases it | yes |

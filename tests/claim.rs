@@ -753,3 +753,52 @@ async fn a_signature_claim_in_flight_is_409_and_releases_the_id_claim() {
     assert_eq!(send(&app, delivery("evt-second")).await.1, DUPLICATE);
     assert_eq!(handler.calls(), 1);
 }
+
+// ---------------------------------------------------------------------------
+// The body digest.
+// ---------------------------------------------------------------------------
+
+/// A processed id delivered again with another body is answered as a
+/// duplicate, without the handler, and logged at WARN; the same body again
+/// is a plain duplicate, not logged at WARN.
+#[test]
+fn a_duplicate_id_with_another_body_is_ignored_and_logged() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let handler = Handler::default();
+    tracing::subscriber::with_default(subscriber, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let app = app(layer(MemoryStore::new()), handler.clone());
+            assert_eq!(status(&app, "evt-digest").await, StatusCode::OK);
+            assert_eq!(send(&app, delivery("evt-digest")).await.1, DUPLICATE);
+            assert!(
+                captured.0.lock().unwrap().is_empty(),
+                "a plain duplicate is not a warning"
+            );
+            let other = signed_request(
+                SECRET,
+                "evt-digest",
+                CREATED,
+                r#"{"brand_id":1,"branch_id":2,"orders":[]}"#,
+            );
+            assert_eq!(send(&app, other).await, (StatusCode::OK, DUPLICATE.to_owned()));
+        });
+    });
+    assert_eq!(handler.calls(), 1, "the handler ran once");
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.lines().any(|line| line.contains("WARN")
+            && line.contains("evt-digest")
+            && line.contains("duplicate_body_mismatch")),
+        "{logs}"
+    );
+}

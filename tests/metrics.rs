@@ -85,3 +85,64 @@ fn deliveries_are_counted_and_timed_by_outcome() {
     assert_eq!(counts, expected);
     assert_eq!(timed, 5, "every delivery is timed");
 }
+
+/// A processed event id delivered again with another body is answered as a
+/// duplicate without the handler, and counted under its own outcome; the
+/// same body again is a plain duplicate.
+#[test]
+fn a_duplicate_id_with_another_body_is_counted_apart() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    metrics::with_local_recorder(&recorder, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let counted = calls.clone();
+            let handle = move |_: KlikitEvent| {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async { StatusCode::OK }
+            };
+            let layer = KlikitWebhookLayer::new(WebhookSecret::new(SECRET).unwrap());
+            let app = Router::new().route("/webhooks/klikit", post(handle)).layer(layer);
+            let created = "klikit.order.created.v2";
+            let body = r#"{"brand_id":1,"branch_id":2,"orders":[{"id":1}]}"#;
+            let other = r#"{"brand_id":1,"branch_id":2,"orders":[{"id":2}]}"#;
+            for body in [body, body, other] {
+                let response = app
+                    .clone()
+                    .oneshot(signed_request::<Body>(SECRET, "evt-reused", created, body))
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), StatusCode::OK);
+                let answer = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+                if body == other {
+                    assert_eq!(answer, r#"{"status":"duplicate-ignored"}"#);
+                }
+            }
+        });
+    });
+
+    let counts: std::collections::BTreeMap<String, u64> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter_map(|(key, _, _, value)| match (key.kind(), key.key().name(), value) {
+            (MetricKind::Counter, DELIVERIES_TOTAL, DebugValue::Counter(n)) => Some((outcome_of(&key), n)),
+            _ => None,
+        })
+        .collect();
+    let expected: std::collections::BTreeMap<String, u64> =
+        [("processed", 1), ("duplicate", 1), ("duplicate_body_mismatch", 1)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+    assert_eq!(counts, expected);
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the handler ran once"
+    );
+}

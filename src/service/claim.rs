@@ -103,11 +103,12 @@ pub(super) enum Admission {
 }
 
 /// Claims `id` and, with signature deduplication on, the key of the body's
-/// `signature` too; every lease taken is held by the returned guard.
-pub(super) async fn admit(config: &Arc<Config>, id: &EventId, signature: Option<&[u8; 32]>) -> Admission {
+/// `signature` too; every lease taken is held by the returned guard. `body`
+/// is compared (by digest) with the processed body when the event is done.
+pub(super) async fn admit(config: &Arc<Config>, id: &EventId, signature: Option<&[u8; 32]>, body: &Bytes) -> Admission {
     let mut guard = match claim(config, id, id).await {
         Decision::New(held) => ClaimGuard::new(config.clone(), held),
-        Decision::Done => return Admission::Refused(Refusal::Duplicate),
+        Decision::Done(digest) => return Admission::Refused(duplicate(digest, body, id)),
         Decision::Refused(refusal) => return Admission::Refused(refusal),
         Decision::Unclaimed => return Admission::Granted(None),
     };
@@ -120,7 +121,7 @@ pub(super) async fn admit(config: &Arc<Config>, id: &EventId, signature: Option<
                 guard.replay_lease = Some(held);
                 None
             }
-            Decision::Done => Some(Refusal::Duplicate),
+            Decision::Done(digest) => Some(duplicate(digest, body, id)),
             Decision::Refused(refusal) => Some(refusal),
             // Failing open: go on with the id claim alone.
             Decision::Unclaimed => None,
@@ -133,9 +134,19 @@ pub(super) async fn admit(config: &Arc<Config>, id: &EventId, signature: Option<
     Admission::Granted(Some(guard))
 }
 
+/// The answer to a delivery of the processed event `id`: a duplicate,
+/// reported as a mismatch when the processed body's digest is known and
+/// differs.
+fn duplicate(processed: Option<BodyDigest>, body: &Bytes, id: &EventId) -> Refusal {
+    match processed {
+        Some(digest) if digest != BodyDigest::of(body) => Refusal::DuplicateBodyMismatch { event_id: id.clone() },
+        _ => Refusal::Duplicate,
+    }
+}
+
 enum Decision {
     New(Held),
-    Done,
+    Done(Option<BodyDigest>),
     Refused(Refusal),
     Unclaimed,
 }
@@ -180,7 +191,7 @@ async fn claim(config: &Arc<Config>, key: &EventId, event_id: &EventId) -> Decis
     pending.disarm();
     match result {
         Ok(Claim::New) => Decision::New(held),
-        Ok(Claim::Done { .. }) => Decision::Done,
+        Ok(Claim::Done { digest }) => Decision::Done(digest),
         Ok(Claim::InFlight { retry_after }) => Decision::Refused(Refusal::Rejected {
             kind: RejectionKind::InFlight {
                 retry_after: retry_after.unwrap_or(Duration::from_secs(1)),

@@ -35,7 +35,7 @@ use self::{
     claim::{Admission, SIGNATURE_KEY_PREFIX},
 };
 use crate::{
-    FromJson, InvalidEventId, KlikitEvent, KlikitWebhookLayer, RejectionKind,
+    EventId, FromJson, InvalidEventId, KlikitEvent, KlikitWebhookLayer, RejectionKind,
     layer::Config,
     scheme::{Delivery, Scheme},
     store::StoreError,
@@ -125,6 +125,10 @@ where
 pub(crate) enum Refusal {
     /// Already processed: `200 {"status":"duplicate-ignored"}`.
     Duplicate,
+    /// Already processed, with another body than this delivery's: the same
+    /// answer, logged at `WARN` (naming the event id, which the request span
+    /// shows only at `INFO`) and counted apart.
+    DuplicateBodyMismatch { event_id: EventId },
     /// Refused, with the store error behind it where there is one.
     Rejected {
         kind: RejectionKind,
@@ -227,7 +231,7 @@ where
         .signatures()
         .ok()
         .and_then(|list| list.as_slice().first().copied());
-    let guard = match claim::admit(config, &verified.id, signature.as_ref()).await {
+    let guard = match claim::admit(config, &verified.id, signature.as_ref(), &bytes).await {
         Admission::Granted(guard) => guard,
         Admission::Refused(refusal) => return Ended::Refused(refusal),
     };

@@ -41,10 +41,15 @@
 //!
 //! [`complete`](DedupStore::complete) stores the SHA-256 [`BodyDigest`] of
 //! the processed body with the id, and a claim of a completed id returns it
-//! in [`Claim::Done`], so that a redelivery of a processed id can be
-//! compared with what was processed. Records written without a digest
-//! (before a store was upgraded, or by `PostgresStore::complete_event_in`)
-//! answer `Done { digest: None }`.
+//! in [`Claim::Done`]. The event id is not signed: someone holding one
+//! captured signed body can send it under an id Klikit has not used yet, and
+//! Klikit's real delivery of that id is then a "duplicate". The layer still
+//! answers such a delivery as a duplicate, but when its body differs from the
+//! processed one it logs a warning and counts it under its own outcome,
+//! [`DuplicateBodyMismatch`](crate::DeliveryOutcome::DuplicateBodyMismatch),
+//! so an operator sees it. Records written without a digest (before a store
+//! was upgraded, or by `PostgresStore::complete_event_in`) answer
+//! `Done { digest: None }` and are never reported as a mismatch.
 //!
 //! # Backends
 //!

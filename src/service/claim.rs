@@ -547,6 +547,10 @@ impl Backoff {
             return false;
         }
         tokio::time::sleep(pause).await;
+        // A busy runtime may wake the task late: check the end again.
+        if self.end.is_some_and(|end| Instant::now() >= end) {
+            return false;
+        }
         self.attempts += 1;
         true
     }

@@ -20,7 +20,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::FutureExt;
 use klikit_webhook::{
     DedupStore, EventId, MemoryStore,
-    store::{Claim, Lease},
+    store::{BodyDigest, Claim, Lease},
 };
 
 const LEASE: Duration = Duration::from_secs(60);
@@ -37,12 +37,13 @@ fn ids(count: u64) -> Vec<EventId> {
 
 fn claim_complete(store: &MemoryStore, id: &EventId) {
     // MemoryStore never awaits: its futures are ready at the first poll.
-    let claim = store.claim(id, LEASE).now_or_never().unwrap().unwrap();
-    let Claim::New(lease) = claim else {
+    let lease = Lease::generate(id.clone());
+    let claim = store.claim(&lease, LEASE).now_or_never().unwrap().unwrap();
+    let Claim::New = claim else {
         panic!("fresh id was not new")
     };
-    let lease: Lease = lease;
-    assert!(store.complete(&lease, RETAIN).now_or_never().unwrap().unwrap());
+    let digest = BodyDigest::from_bytes([7; 32]);
+    assert!(store.complete(&lease, digest, RETAIN).now_or_never().unwrap().unwrap());
 }
 
 fn run(store: &Arc<MemoryStore>, threads: usize, iters: u64) -> Duration {

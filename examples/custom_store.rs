@@ -4,9 +4,12 @@
 //!
 //! `MapStore` keeps its records in a `Mutex<HashMap>`; swap the map for your
 //! database. It meets the trait contract: each operation runs under one lock
-//! (atomic), `complete` and `release` act only while the stored claim still
-//! has the lease's token, and claims and completed records expire. The same
-//! signed delivery is sent twice: `200 received`, then `200 duplicate-ignored`.
+//! (atomic), a claim stores the token of the caller's lease (the layer makes
+//! it, so that it can release a claim that lands after a timeout), `complete`
+//! and `release` act only while the stored claim still has the lease's
+//! token, a completed record keeps the body digest it was completed with,
+//! and claims and completed records expire. The same signed delivery is sent
+//! twice: `200 received`, then `200 duplicate-ignored`.
 
 use std::{
     collections::HashMap,
@@ -17,16 +20,18 @@ use std::{
 use axum::{Json, Router, body::Body, routing::post};
 use klikit_webhook::{
     EventId, EventType, KlikitEvent, KlikitWebhookLayer, WebhookSecret,
-    store::{Claim, DedupStore, Lease, LeaseToken, Result},
+    store::{BodyDigest, Claim, DedupStore, Lease, LeaseToken, Result},
     testing::{WEBHOOK_PATH, signed_request},
 };
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-/// A record: claimed under a token, or done; either way until `expires`.
+/// A record: claimed under a token, then done with the processed body's
+/// digest; either way until `expires`.
 #[derive(Debug)]
 struct Record {
-    claim: Option<LeaseToken>,
+    token: LeaseToken,
+    done: Option<BodyDigest>,
     expires: Instant,
 }
 
@@ -45,32 +50,37 @@ impl MapStore {
 
 #[async_trait::async_trait]
 impl DedupStore for MapStore {
-    async fn claim(&self, id: &EventId, lease: Duration) -> Result<Claim> {
+    async fn claim(&self, lease: &Lease, ttl: Duration) -> Result<Claim> {
         let now = Instant::now();
         let mut records = self.records();
         // Forget expired claims and records (a database would use a TTL or a
         // periodic DELETE ... WHERE expires < now()).
         records.retain(|_, record| record.expires > now);
-        match records.get(id).map(|record| (record.claim.is_some(), record.expires)) {
-            Some((true, expires)) => Ok(Claim::InFlight {
-                retry_after: Some(expires.saturating_duration_since(now)),
+        match records.get(lease.event_id()) {
+            Some(Record { done: Some(digest), .. }) => Ok(Claim::Done { digest: Some(*digest) }),
+            // The caller's own claim, made again: still the caller's.
+            Some(record) if record.token == lease.token() => Ok(Claim::New),
+            Some(record) => Ok(Claim::InFlight {
+                retry_after: Some(record.expires.saturating_duration_since(now)),
             }),
-            Some((false, _)) => Ok(Claim::Done),
             None => {
-                let token = LeaseToken::generate();
-                let (claim, expires) = (Some(token), now + lease);
-                records.insert(id.clone(), Record { claim, expires });
-                Ok(Claim::New(Lease::new(id.clone(), token)))
+                let record = Record {
+                    token: lease.token(),
+                    done: None,
+                    expires: now + ttl,
+                };
+                records.insert(lease.event_id().clone(), record);
+                Ok(Claim::New)
             }
         }
     }
 
-    async fn complete(&self, lease: &Lease, retain: Duration) -> Result<bool> {
+    async fn complete(&self, lease: &Lease, digest: BodyDigest, retain: Duration) -> Result<bool> {
         let mut records = self.records();
         match records.get_mut(lease.event_id()) {
-            // Only the holder of the current claim may complete it.
-            Some(record) if record.claim == Some(lease.token()) => {
-                record.claim = None;
+            // Only the holder of the current claim may complete it, once.
+            Some(record) if record.token == lease.token() && record.done.is_none() => {
+                record.done = Some(digest);
                 record.expires = Instant::now() + retain;
                 Ok(true)
             }
@@ -81,7 +91,7 @@ impl DedupStore for MapStore {
     async fn release(&self, lease: &Lease) -> Result<bool> {
         let mut records = self.records();
         match records.get(lease.event_id()) {
-            Some(record) if record.claim == Some(lease.token()) => {
+            Some(record) if record.token == lease.token() && record.done.is_none() => {
                 records.remove(lease.event_id());
                 Ok(true)
             }
@@ -112,7 +122,7 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         let answer = axum::body::to_bytes(response.into_body(), 64 * 1024).await?;
         println!("delivery {attempt}: {status} {}", String::from_utf8_lossy(&answer));
     }
-    let done = store.records().values().filter(|record| record.claim.is_none()).count();
+    let done = store.records().values().filter(|record| record.done.is_some()).count();
     println!("store: {done} event(s) remembered as processed");
     Ok(())
 }

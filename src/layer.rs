@@ -8,6 +8,7 @@ use crate::{
     KlikitWebhookService, MemoryStore, WebhookSecret,
     scheme::{Klikit, KlikitV1, Scheme, Schemes},
     secrets::{SecretResolver, SecretSource},
+    service::Background,
     signature::Verifier,
     store::DedupStore,
 };
@@ -93,6 +94,7 @@ pub(crate) struct Config {
     pub(crate) store_timeout: Duration,
     pub(crate) store_failure: StoreFailurePolicy,
     pub(crate) dedup_on_signature: bool,
+    pub(crate) background: Background,
 }
 
 impl KlikitWebhookLayer {
@@ -113,6 +115,19 @@ impl KlikitWebhookLayer {
     /// The default timeout of each store operation: 2 s, well inside Klikit's
     /// 10 s deadline so the answer (503) still reaches Klikit.
     pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(2);
+    /// How many background store tasks a layer (and every service it makes)
+    /// runs at once: 1024.
+    ///
+    /// The layer finishes a claim in the background when the request went
+    /// away first, retries a `complete` or `release` that failed, and
+    /// releases a claim whose call it stopped waiting for (store timeout,
+    /// dropped request) in case that claim still lands. Each task retries
+    /// with jittered backoff until it succeeds or the claim's lease would
+    /// have ended. While a store is saturated these tasks would pile up, so
+    /// past this many the work is dropped and logged at `ERROR`: a dropped
+    /// completion lets a duplicate after the lease be processed again, a
+    /// dropped release makes the event wait (409) until its lease ends.
+    pub const MAX_BACKGROUND_TASKS: usize = crate::service::MAX_BACKGROUND_TASKS;
 
     /// A layer that verifies with `secret` and deduplicates in a
     /// [`MemoryStore`].
@@ -133,6 +148,7 @@ impl KlikitWebhookLayer {
                 store_timeout: Self::DEFAULT_STORE_TIMEOUT,
                 store_failure: StoreFailurePolicy::FailClosed,
                 dedup_on_signature: false,
+                background: Background::new(),
             }),
         }
     }
@@ -289,6 +305,7 @@ impl fmt::Debug for Config {
             .field("store_timeout", &self.store_timeout)
             .field("store_failure", &self.store_failure)
             .field("dedup_on_signature", &self.dedup_on_signature)
+            .field("background", &self.background)
             .finish()
     }
 }

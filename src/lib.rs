@@ -52,7 +52,7 @@
 //! | [per-subscription secrets](secrets): unknown subscription, or none named | 401, the same answer as a wrong signature, in the same time | no |
 //! | timestamped [schemes](scheme) (`KlikitV1`, `StandardWebhooks`): signed timestamp stale or in the future beyond the tolerance (default 300 s) | 401 `{"error":"timestamp outside the tolerance"}` | no |
 //! | `KlikitV1`: event id header differs from the signed body's `event_id` | 400 | no |
-//! | event already processed | 200 `{"status":"duplicate-ignored"}` | no |
+//! | event already processed | 200 `{"status":"duplicate-ignored"}` (another body than the processed one: the same, logged at `WARN` and counted as [`DuplicateBodyMismatch`](DeliveryOutcome::DuplicateBodyMismatch)) | no |
 //! | event being processed by another delivery | 409 + `Retry-After` | no |
 //! | dedup store failed or timed out | 503 + `Retry-After` | no (unless failing open) |
 //! | [secret resolver](secrets::SecretResolver) failed or timed out | 503 + `Retry-After` | no |
@@ -111,20 +111,30 @@
 //!
 //! ```text
 //! Klikit            layer                         store              handler
-//!   |-- POST id=E -->|-- claim(E, lease) ------------>|                   |
-//!   |                |<-- New(lease) ----------------|                   |
+//!   |-- POST id=E -->|-- claim(E+token, lease) ------>|                   |
+//!   |                |<-- New ------------------------|                   |
 //!   |                |-- request + KlikitEvent ------------------------->|
 //!   |                |<-- 2xx -------------------------------------------|
-//!   |                |-- complete(lease, 24h) ------->|                   |
+//!   |                |-- complete(token, digest, 24h)>|                   |
 //!   |<-- 2xx --------|                                |                   |
-//!   |-- retry id=E ->|-- claim(E) ------------------->|                   |
-//!   |<-- 200 duplicate-ignored <-- Done --------------|                   |
+//!   |-- retry id=E ->|-- claim(E+token2) ------------>|                   |
+//!   |<-- 200 duplicate-ignored <-- Done { digest } ---|                   |
 //! ```
 //!
 //! A handler that fails (non-2xx, error, panic, dropped connection) releases
 //! the claim, so the retry is processed. A process that dies holding a claim
 //! leaves it to expire after the lease (default 60 s). Meanwhile a concurrent
 //! delivery of the same id gets 409 and Klikit retries it later.
+//!
+//! The layer makes each claim's token before it calls the store. A claim the
+//! layer stopped waiting for (store timeout, dropped request) may still land
+//! in the store; the layer then releases that token in the background, so the
+//! next retry after the store recovers is processed within seconds instead of
+//! getting 409 for a whole lease. A `complete` or `release` that fails is
+//! retried in the background, with jittered backoff, until it succeeds or the
+//! lease (counted from the claim) would have ended; at most
+//! [`MAX_BACKGROUND_TASKS`](KlikitWebhookLayer::MAX_BACKGROUND_TASKS) such
+//! tasks run at once.
 //!
 //! # Other stacks
 //!

@@ -77,6 +77,12 @@ outcomes! {
     HandlerFailed => "handler_failed",
     /// The event was already processed: `200 {"status":"duplicate-ignored"}`.
     Duplicate => "duplicate",
+    /// The event id was already processed, but with another body (compared
+    /// by the SHA-256 digest the store keeps with each completed id): still
+    /// `200 {"status":"duplicate-ignored"}`, logged at `WARN`. The event id
+    /// is not signed, so one of the two bodies was sent under an id it was
+    /// not signed for: see [the body digest](crate::store#the-body-digest).
+    DuplicateBodyMismatch => "duplicate_body_mismatch",
     /// Another delivery of the event holds the claim: 409.
     InFlight => "in_flight",
     /// The signature was malformed or wrong, or the subscription has no

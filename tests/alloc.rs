@@ -29,7 +29,7 @@ use axum::{
 use futures_util::FutureExt;
 use klikit_webhook::{
     DedupStore, EventId, KlikitEvent, KlikitWebhookLayer, MemoryStore, WebhookSecret,
-    store::Claim,
+    store::{BodyDigest, Claim, Lease},
     testing::{WEBHOOK_PATH, signed_request},
 };
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
@@ -274,12 +274,16 @@ fn memory_store_holds_a_million_completed_ids_in_200_bytes_each() {
     let region = Region::new(GLOBAL);
     let rss_before = rss_bytes();
     let store = MemoryStore::with_capacity(IDS as usize);
+    let digest = BodyDigest::of(b"{}");
     for n in 0..IDS {
         let id = EventId::new(uuid_like(n)).unwrap();
-        let Ok(Some(Claim::New(lease))) = store.claim(&id, Duration::from_secs(60)).now_or_never().transpose() else {
+        let lease = Lease::generate(id);
+        let Ok(Some(Claim::New)) = store.claim(&lease, Duration::from_secs(60)).now_or_never().transpose() else {
             panic!("fresh id {n} was not new");
         };
-        let completed = store.complete(&lease, Duration::from_secs(86_400)).now_or_never();
+        let completed = store
+            .complete(&lease, digest, Duration::from_secs(86_400))
+            .now_or_never();
         assert!(matches!(completed, Some(Ok(true))), "id {n} was not completed");
     }
     // Shards fill unevenly: a few ids are evicted from the fullest shards.

@@ -141,7 +141,11 @@ mod every_outcome {
     use http::Request;
     use http_body::Frame;
     use klikit_webhook::{
-        DeliveryOutcome, KlikitEvent, KlikitWebhookLayer, MemoryStore, WebhookSecret, testing::signed_request,
+        DeliveryOutcome, KlikitEvent, KlikitWebhookLayer, MemoryStore, WebhookSecret,
+        scheme::{KlikitV1, Outgoing, signed_request_with},
+        secrets::{ResolveError, SecretResolver},
+        signature::Verifier,
+        testing::signed_request,
     };
     use tokio::sync::watch;
     use tower::ServiceExt;
@@ -319,10 +323,108 @@ mod every_outcome {
                 }
                 refused
             }
+            DeliveryOutcome::DuplicateBodyMismatch => {
+                let (app, _) = app(layer());
+                assert_eq!(send(&app, delivery("reused-1")).await, StatusCode::OK);
+                let other = signed_request::<Body>(SECRET, "reused-1", CREATED, r#"{"brand_id":9,"orders":[]}"#);
+                assert_eq!(send(&app, other).await, StatusCode::OK);
+                1
+            }
+            DeliveryOutcome::TimestampOutOfTolerance => {
+                let (app, _) = app(layer().with_scheme(KlikitV1::new()));
+                let secret = WebhookSecret::new(SECRET).unwrap();
+                let body = r#"{"event_id":"stale-1","data":{}}"#;
+                let stale = Outgoing::new("stale-1", "order.placed.v1", body.as_bytes()).with_timestamp(1_000_000_000);
+                let request = signed_request_with::<Body>(&KlikitV1::new(), &secret, &stale);
+                assert_eq!(send(&app, request).await, StatusCode::UNAUTHORIZED);
+                1
+            }
+            DeliveryOutcome::SecretsUnavailable => {
+                let (app, _) = app(KlikitWebhookLayer::per_subscription(FailingResolver));
+                let secret = WebhookSecret::new(SECRET).unwrap();
+                let body = r#"{"event_id":"resolve-1","data":{}}"#;
+                let outgoing =
+                    Outgoing::new("resolve-1", "order.placed.v1", body.as_bytes()).with_subscription("sub-1");
+                let request = signed_request_with::<Body>(&KlikitV1::new(), &secret, &outgoing);
+                assert_eq!(send(&app, request).await, StatusCode::SERVICE_UNAVAILABLE);
+                1
+            }
             other => panic!(
                 "no scenario provokes the outcome {other}: add one to tests/metrics.rs, or say here why a test \
                  cannot provoke it"
             ),
         }
     }
+
+    /// A secret resolver whose backend is down.
+    #[derive(Debug)]
+    struct FailingResolver;
+
+    #[async_trait::async_trait]
+    impl SecretResolver for FailingResolver {
+        async fn resolve(&self, _: &str) -> Result<Option<Arc<Verifier>>, ResolveError> {
+            Err(ResolveError::Backend("the secrets database is down".into()))
+        }
+    }
+}
+
+/// A processed event id delivered again with another body is answered as a
+/// duplicate without the handler, and counted under its own outcome; the
+/// same body again is a plain duplicate.
+#[test]
+fn a_duplicate_id_with_another_body_is_counted_apart() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    metrics::with_local_recorder(&recorder, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let counted = calls.clone();
+            let handle = move |_: KlikitEvent| {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async { StatusCode::OK }
+            };
+            let layer = KlikitWebhookLayer::new(WebhookSecret::new(SECRET).unwrap());
+            let app = Router::new().route("/webhooks/klikit", post(handle)).layer(layer);
+            let created = "klikit.order.created.v2";
+            let body = r#"{"brand_id":1,"branch_id":2,"orders":[{"id":1}]}"#;
+            let other = r#"{"brand_id":1,"branch_id":2,"orders":[{"id":2}]}"#;
+            for body in [body, body, other] {
+                let response = app
+                    .clone()
+                    .oneshot(signed_request::<Body>(SECRET, "evt-reused", created, body))
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), StatusCode::OK);
+                let answer = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+                if body == other {
+                    assert_eq!(answer, r#"{"status":"duplicate-ignored"}"#);
+                }
+            }
+        });
+    });
+
+    let counts: std::collections::BTreeMap<String, u64> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter_map(|(key, _, _, value)| match (key.kind(), key.key().name(), value) {
+            (MetricKind::Counter, DELIVERIES_TOTAL, DebugValue::Counter(n)) => Some((outcome_of(&key), n)),
+            _ => None,
+        })
+        .collect();
+    let expected: std::collections::BTreeMap<String, u64> =
+        [("processed", 1), ("duplicate", 1), ("duplicate_body_mismatch", 1)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+    assert_eq!(counts, expected);
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the handler ran once"
+    );
 }

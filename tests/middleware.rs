@@ -20,10 +20,10 @@ use axum::{
     routing::post,
 };
 use klikit_webhook::{
-    EventId, EventType, KlikitEvent, KlikitPayload, KlikitWebhookLayer, MemoryStore, Rejection, RejectionKind,
-    StoreError, StoreFailurePolicy, WebhookSecret,
+    EventType, KlikitEvent, KlikitPayload, KlikitWebhookLayer, MemoryStore, Rejection, RejectionKind, StoreError,
+    StoreFailurePolicy, WebhookSecret,
     signature::sign,
-    store::{Claim, DedupStore, Lease},
+    store::{BodyDigest, Claim, DedupStore, Lease},
     testing::signed_request,
 };
 use tokio::sync::Notify;
@@ -429,13 +429,13 @@ struct BrokenStore {
 
 #[async_trait]
 impl DedupStore for BrokenStore {
-    async fn claim(&self, _: &EventId, _: Duration) -> klikit_webhook::store::Result<Claim> {
+    async fn claim(&self, _: &Lease, _: Duration) -> klikit_webhook::store::Result<Claim> {
         if self.hang {
             std::future::pending::<()>().await;
         }
         Err(StoreError::backend(std::io::Error::other("connection refused")))
     }
-    async fn complete(&self, _: &Lease, _: Duration) -> klikit_webhook::store::Result<bool> {
+    async fn complete(&self, _: &Lease, _: BodyDigest, _: Duration) -> klikit_webhook::store::Result<bool> {
         Err(StoreError::backend(std::io::Error::other("connection refused")))
     }
     async fn release(&self, _: &Lease) -> klikit_webhook::store::Result<bool> {

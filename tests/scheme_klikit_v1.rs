@@ -21,7 +21,7 @@ use klikit_webhook::{
         Klikit, KlikitV1, Outgoing, Scheme, TimestampError, check_tolerance, signed_request_with, verify_delivery,
     },
     signature::{SignatureError, Verifier},
-    store::{Claim, DedupStore},
+    store::{Claim, DedupStore, Lease},
     testing::signed_request,
 };
 use tower::ServiceExt;
@@ -432,10 +432,10 @@ async fn deduplication_is_on_the_signed_body_id() {
     assert_eq!(send(&app, delivery(ID, &body, now())).await.0, StatusCode::OK);
     // The store holds the body's id as processed.
     let claim = store
-        .claim(&EventId::new(ID).unwrap(), Duration::from_secs(60))
+        .claim(&Lease::generate(EventId::new(ID).unwrap()), Duration::from_secs(60))
         .await
         .unwrap();
-    assert!(matches!(claim, Claim::Done), "{claim:?}");
+    assert!(matches!(claim, Claim::Done { .. }), "{claim:?}");
     // Klikit's retry: a new timestamp, the same signed body: duplicate.
     let (status, answer, _) = send(&app, delivery(ID, &body, now() + 1)).await;
     assert_eq!(

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use futures_util::{StreamExt, stream};
 use klikit_webhook::{
     DedupStore, EventId,
-    store::{Claim, Lease},
+    store::{BodyDigest, Claim, Lease},
 };
 
 /// What the tests need of a SQL store besides the trait.
@@ -41,11 +41,16 @@ fn id(name: String) -> EventId {
     EventId::new(name).unwrap()
 }
 
-async fn new_lease<S: DedupStore>(store: &S, id: &EventId, lease: Duration) -> Lease {
-    match store.claim(id, lease).await {
-        Ok(Claim::New(lease)) => lease,
+async fn new_lease<S: DedupStore>(store: &S, id: &EventId, ttl: Duration) -> Lease {
+    let lease = Lease::generate(id.clone());
+    match store.claim(&lease, ttl).await {
+        Ok(Claim::New) => lease,
         other => panic!("{id}: expected a new claim, got {other:?}"),
     }
+}
+
+fn digest() -> BodyDigest {
+    BodyDigest::of(b"{}")
 }
 
 /// `count` rows named `prefix-<n>` that expire within a millisecond: every
@@ -57,7 +62,7 @@ async fn expiring_rows<S: SqlStore>(store: &S, prefix: &str, count: usize) {
             let event = id(format!("{prefix}-{n}"));
             if n % 5 == 0 {
                 let lease = new_lease(store, &event, LONG).await;
-                assert!(store.complete(&lease, EXPIRED).await.unwrap());
+                assert!(store.complete(&lease, digest(), EXPIRED).await.unwrap());
             } else {
                 new_lease(store, &event, EXPIRED).await;
             }
@@ -73,7 +78,7 @@ async fn live_rows<S: SqlStore>(store: &S, prefix: &str, count: usize) {
     for n in 0..count {
         let lease = new_lease(store, &id(format!("{prefix}-{n}")), LONG).await;
         if n % 2 == 0 {
-            assert!(store.complete(&lease, LONG).await.unwrap());
+            assert!(store.complete(&lease, digest(), LONG).await.unwrap());
         }
     }
 }
@@ -104,7 +109,10 @@ async fn cleanup_goes_past_one_batch<S: SqlStore>(store: &S) {
     assert_eq!(store.cleanup().await, 0);
     // The live rows still answer as before.
     for n in 0..LIVE {
-        let claim = store.claim(&id(format!("live-{n}")), LONG).await.unwrap();
+        let claim = store
+            .claim(&Lease::generate(id(format!("live-{n}"))), LONG)
+            .await
+            .unwrap();
         let expected = if n % 2 == 0 { "Done" } else { "InFlight" };
         assert!(format!("{claim:?}").starts_with(expected), "live-{n}: {claim:?}");
     }

@@ -48,7 +48,7 @@ mod eviction {
     use http_body_util::{BodyExt, Full};
     use klikit_webhook::{
         DedupStore, EventId, KlikitWebhookLayer, MemoryStore, Rejection, RejectionKind, StoreError, WebhookSecret,
-        store::{Claim, Lease},
+        store::{self, BodyDigest, Lease},
         testing::signed_request,
     };
     use tower::{ServiceBuilder, ServiceExt};
@@ -63,9 +63,22 @@ mod eviction {
         EventId::new(name).unwrap()
     }
 
+    /// The store's answer, with the lease of a new claim.
+    #[derive(Debug, PartialEq)]
+    enum Claim {
+        New(Lease),
+        Done,
+        InFlight,
+    }
+
     // The store calls, in one place.
     async fn claim(store: &MemoryStore, id: &EventId) -> Result<Claim, StoreError> {
-        store.claim(id, LEASE).await
+        let lease = Lease::generate(id.clone());
+        Ok(match store.claim(&lease, LEASE).await? {
+            store::Claim::New => Claim::New(lease),
+            store::Claim::Done { .. } => Claim::Done,
+            store::Claim::InFlight { .. } => Claim::InFlight,
+        })
     }
 
     async fn new_lease(store: &MemoryStore, id: &EventId) -> Lease {
@@ -76,7 +89,11 @@ mod eviction {
     }
 
     async fn complete(store: &MemoryStore, lease: &Lease) {
-        assert!(store.complete(lease, RETAIN).await.unwrap(), "{lease:?} completed");
+        let digest = BodyDigest::of(lease.event_id().as_str().as_bytes());
+        assert!(
+            store.complete(lease, digest, RETAIN).await.unwrap(),
+            "{lease:?} completed"
+        );
     }
 
     async fn release(store: &MemoryStore, lease: &Lease) {

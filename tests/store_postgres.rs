@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use klikit_webhook::{
     ConfigError, EventId, PostgresStore,
-    store::{Claim, DedupStore},
+    store::{BodyDigest, Claim, DedupStore, Lease},
     testing::conformance::{StoreFactory, namespace},
 };
 use sqlx::postgres::PgPoolOptions;
@@ -60,6 +60,58 @@ fn id(s: &str) -> EventId {
     EventId::new(s).unwrap()
 }
 
+fn digest() -> BodyDigest {
+    BodyDigest::of(b"{}")
+}
+
+/// A table made before completed rows kept a body digest: `migrate` adds
+/// the column (twice, and from two instances at once, is fine), old
+/// completed rows answer `Done` without a digest, and new completions store
+/// theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_adds_the_digest_column_to_an_older_table() {
+    let Some(factory) = factory().await else { return };
+    let pool = factory.pool().await;
+    let table = namespace();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        r#"CREATE TABLE "{table}" (event_id text COLLATE "C" PRIMARY KEY, token bytea NOT NULL,
+           done boolean NOT NULL, expires_at timestamptz NOT NULL)"#
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        r#"INSERT INTO "{table}" VALUES ('old', '\x00000000000000000000000000000001', true, now() + interval '1 hour')"#
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let store = PostgresStore::new(pool.clone()).with_table(&table).unwrap();
+    let other = store.clone();
+    let (a, b) = tokio::join!(store.migrate(), other.migrate());
+    a.unwrap();
+    b.unwrap();
+    store.migrate().await.unwrap();
+    assert_eq!(
+        store
+            .claim(&Lease::generate(id("old")), Duration::from_secs(60))
+            .await
+            .unwrap(),
+        Claim::Done { digest: None }
+    );
+    let lease = Lease::generate(id("new"));
+    assert_eq!(store.claim(&lease, Duration::from_secs(60)).await.unwrap(), Claim::New);
+    assert!(store.complete(&lease, digest(), Duration::from_secs(60)).await.unwrap());
+    assert_eq!(
+        store
+            .claim(&Lease::generate(id("new")), Duration::from_secs(60))
+            .await
+            .unwrap(),
+        Claim::Done { digest: Some(digest()) }
+    );
+    factory.cleanup(&table).await;
+}
+
 #[tokio::test]
 async fn table_and_schema_names_are_validated() {
     let pool = sqlx::PgPool::connect_lazy("postgres://localhost/unused").unwrap();
@@ -107,18 +159,19 @@ async fn schema_migrate_twice_concurrently_and_cleanup() {
 
     // Expired claims and records go; live ones stay.
     for i in 0..5 {
-        let Claim::New(lease) = store
-            .claim(&id(&format!("short-{i}")), Duration::from_millis(1))
-            .await
-            .unwrap()
-        else {
+        let lease = Lease::generate(id(&format!("short-{i}")));
+        let Claim::New = store.claim(&lease, Duration::from_millis(1)).await.unwrap() else {
             panic!("expected New")
         };
         if i % 2 == 0 {
-            store.complete(&lease, Duration::from_millis(1)).await.unwrap();
+            store
+                .complete(&lease, digest(), Duration::from_millis(1))
+                .await
+                .unwrap();
         }
     }
-    let Claim::New(kept) = store.claim(&id("kept"), Duration::from_secs(60)).await.unwrap() else {
+    let kept = Lease::generate(id("kept"));
+    let Claim::New = store.claim(&kept, Duration::from_secs(60)).await.unwrap() else {
         panic!("expected New")
     };
     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -132,7 +185,7 @@ async fn schema_migrate_twice_concurrently_and_cleanup() {
     .await
     .unwrap();
     assert_eq!(rows, 1);
-    assert!(store.complete(&kept, Duration::from_secs(60)).await.unwrap());
+    assert!(store.complete(&kept, digest(), Duration::from_secs(60)).await.unwrap());
 
     sqlx::query(sqlx::AssertSqlSafe(format!(r#"DROP SCHEMA "{schema}" CASCADE"#)))
         .execute(&pool)
@@ -148,7 +201,7 @@ async fn unreachable_postgres_is_a_store_error() {
         .connect_lazy("postgres://postgres@127.0.0.1:1/test")
         .unwrap();
     let error = PostgresStore::new(pool)
-        .claim(&id("evt"), Duration::from_secs(1))
+        .claim(&Lease::generate(id("evt")), Duration::from_secs(1))
         .await
         .unwrap_err();
     assert!(matches!(error, klikit_webhook::StoreError::Backend(_)), "{error:?}");

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use klikit_webhook::{
     EventId, RedisStore,
-    store::{Claim, DedupStore},
+    store::{BodyDigest, Claim, DedupStore, Lease},
     testing::conformance::{StoreFactory, namespace},
 };
 
@@ -64,7 +64,8 @@ async fn keys_and_values_have_the_documented_format() {
     );
 
     let mut connection = factory.connection().await;
-    let Claim::New(lease) = store.claim(&id("evt"), Duration::from_secs(60)).await.unwrap() else {
+    let lease = Lease::generate(id("evt"));
+    let Claim::New = store.claim(&lease, Duration::from_secs(60)).await.unwrap() else {
         panic!("expected New")
     };
     let value: String = redis::cmd("GET")
@@ -80,13 +81,14 @@ async fn keys_and_values_have_the_documented_format() {
         .unwrap();
     assert!((59_000..=60_000).contains(&pttl), "lease PTTL {pttl}");
 
-    assert!(store.complete(&lease, Duration::from_secs(3600)).await.unwrap());
+    let digest = BodyDigest::of(b"{}");
+    assert!(store.complete(&lease, digest, Duration::from_secs(3600)).await.unwrap());
     let value: String = redis::cmd("GET")
         .arg(format!("{ns}:evt"))
         .query_async(&mut connection)
         .await
         .unwrap();
-    assert_eq!(value, format!("d:{}", lease.token()));
+    assert_eq!(value, format!("d:{}:{digest}", lease.token()));
     let pttl: i64 = redis::cmd("PTTL")
         .arg(format!("{ns}:evt"))
         .query_async(&mut connection)
@@ -104,12 +106,16 @@ async fn prefixes_isolate_stores_and_scripts_survive_a_flush() {
     let b = factory.open(&ns_b).await;
     let event = id("shared-id");
     assert!(matches!(
-        a.claim(&event, Duration::from_secs(60)).await.unwrap(),
-        Claim::New(_)
+        a.claim(&Lease::generate(event.clone()), Duration::from_secs(60))
+            .await
+            .unwrap(),
+        Claim::New
     ));
     assert!(matches!(
-        b.claim(&event, Duration::from_secs(60)).await.unwrap(),
-        Claim::New(_)
+        b.claim(&Lease::generate(event.clone()), Duration::from_secs(60))
+            .await
+            .unwrap(),
+        Claim::New
     ));
 
     // After SCRIPT FLUSH (or a Redis restart) EVALSHA fails with NOSCRIPT and
@@ -121,7 +127,9 @@ async fn prefixes_isolate_stores_and_scripts_survive_a_flush() {
         .await
         .unwrap();
     assert!(matches!(
-        a.claim(&event, Duration::from_secs(60)).await.unwrap(),
+        a.claim(&Lease::generate(event.clone()), Duration::from_secs(60))
+            .await
+            .unwrap(),
         Claim::InFlight { retry_after: Some(_) }
     ));
     factory.cleanup(&ns_a).await;
@@ -135,7 +143,7 @@ async fn unreachable_redis_is_a_store_error() {
     let config = redis::aio::ConnectionManagerConfig::new().set_number_of_retries(0);
     let manager = redis::aio::ConnectionManager::new_lazy_with_config(client, config).unwrap();
     let error = RedisStore::new(manager)
-        .claim(&id("evt"), Duration::from_secs(1))
+        .claim(&Lease::generate(id("evt")), Duration::from_secs(1))
         .await
         .unwrap_err();
     assert!(matches!(error, klikit_webhook::StoreError::Backend(_)), "{error:?}");

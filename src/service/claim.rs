@@ -1,21 +1,97 @@
 //! The claim: ask the dedup store for the event before the handler runs,
 //! hold the lease while it runs, and finish it (complete after a 2xx,
 //! release otherwise) when the outcome is known, in the background if the
-//! request went away first.
+//! request went away first or the store did not answer.
+//!
+//! The layer makes each claim's [`Lease`] (and so its token) before it calls
+//! the store. A claim call that the layer stops waiting for (the store
+//! timeout, or the request dropped mid-claim) may still land in the store;
+//! its lease is then released in the background, so the event is not
+//! refused with 409 for a whole lease.
+//!
+//! Every background task (a completion retry, a release) holds a permit of
+//! the layer's [`Background`] semaphore for its whole life; past
+//! [`MAX_BACKGROUND_TASKS`] the work is dropped and logged at `ERROR`.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{fmt, future::Future, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    time::Instant,
+};
 
 use super::Refusal;
 use crate::{
     EventId, RejectionKind, StoreFailurePolicy,
     layer::Config,
-    store::{Claim, Lease, StoreError},
+    store::{BodyDigest, Claim, Lease, StoreError},
 };
 
 /// The prefix of signature dedup keys. Event ids that start with it are
 /// refused while signature deduplication is on, so the two kinds of key can
 /// never meet in the store.
 pub(super) const SIGNATURE_KEY_PREFIX: &str = "sig:";
+
+/// How many background store tasks (completion retries and releases) one
+/// layer runs at once. See [`KlikitWebhookLayer::MAX_BACKGROUND_TASKS`](crate::KlikitWebhookLayer::MAX_BACKGROUND_TASKS).
+pub(crate) const MAX_BACKGROUND_TASKS: usize = 1024;
+
+/// The first delay between two background attempts, doubled after each.
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(25);
+/// The longest delay between two background attempts.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// The permits of a layer's background store tasks: one semaphore shared by
+/// every service the layer makes.
+#[derive(Clone)]
+pub(crate) struct Background(Arc<Semaphore>);
+
+impl Background {
+    pub(crate) fn new() -> Self {
+        Self(Arc::new(Semaphore::new(MAX_BACKGROUND_TASKS)))
+    }
+
+    /// Runs `task` on the current Tokio runtime if a permit is free;
+    /// otherwise (or without a runtime) logs at `ERROR` what is lost.
+    fn spawn<F>(&self, held: &Held, work: &'static str, lost: &'static str, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::error!(
+                event_id = %held.event_id,
+                key = held.key(),
+                work,
+                "no Tokio runtime to run a background store task on; {lost}"
+            );
+            return;
+        };
+        let Ok(permit) = Arc::clone(&self.0).try_acquire_owned() else {
+            tracing::error!(
+                event_id = %held.event_id,
+                key = held.key(),
+                work,
+                limit = MAX_BACKGROUND_TASKS,
+                "too many background store tasks (is the store saturated?); dropping this one: {lost}"
+            );
+            return;
+        };
+        runtime.spawn(async move {
+            let _permit: OwnedSemaphorePermit = permit;
+            task.await;
+        });
+    }
+}
+
+impl fmt::Debug for Background {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Background")
+            .field("running", &(MAX_BACKGROUND_TASKS - self.0.available_permits()))
+            .field("limit", &MAX_BACKGROUND_TASKS)
+            .finish()
+    }
+}
 
 /// What the store said about a delivery.
 pub(super) enum Admission {
@@ -27,10 +103,12 @@ pub(super) enum Admission {
 }
 
 /// Claims `id` and, with signature deduplication on, the key of the body's
-/// `signature` too; every lease taken is held by the returned guard.
-pub(super) async fn admit(config: &Arc<Config>, id: &EventId, signature: Option<&[u8; 32]>) -> Admission {
-    let mut guard = match claim(config, id).await {
-        Decision::New(lease) => ClaimGuard::new(config.clone(), lease),
+/// `signature` too; every lease taken is held by the returned guard. `body`
+/// is compared (by digest) with the processed body when the event is done.
+pub(super) async fn admit(config: &Arc<Config>, id: &EventId, signature: Option<&[u8; 32]>, body: &Bytes) -> Admission {
+    let mut guard = match claim(config, id, id).await {
+        Decision::New(held) => ClaimGuard::new(config.clone(), held),
+        Decision::Done(digest) => return Admission::Refused(duplicate(digest, body, id)),
         Decision::Refused(refusal) => return Admission::Refused(refusal),
         Decision::Unclaimed => return Admission::Granted(None),
     };
@@ -38,45 +116,147 @@ pub(super) async fn admit(config: &Arc<Config>, id: &EventId, signature: Option<
         // The same signed body under another event id: a replay, or a
         // sender redelivering with a fresh id. Either way it was (being)
         // processed.
-        match claim(config, &signature_key(signature)).await {
-            Decision::New(lease) => guard.replay_lease = Some(lease),
-            Decision::Refused(refusal) => {
-                guard.release().await;
-                return Admission::Refused(refusal);
+        let refusal = match claim(config, &signature_key(signature), id).await {
+            Decision::New(held) => {
+                guard.replay_lease = Some(held);
+                None
             }
+            Decision::Done(digest) => Some(duplicate(digest, body, id)),
+            Decision::Refused(refusal) => Some(refusal),
             // Failing open: go on with the id claim alone.
-            Decision::Unclaimed => {}
+            Decision::Unclaimed => None,
+        };
+        if let Some(refusal) = refusal {
+            guard.release().await;
+            return Admission::Refused(refusal);
         }
     }
     Admission::Granted(Some(guard))
 }
 
+/// The answer to a delivery of the processed event `id`: a duplicate,
+/// reported as a mismatch when the processed body's digest is known and
+/// differs.
+fn duplicate(processed: Option<BodyDigest>, body: &Bytes, id: &EventId) -> Refusal {
+    match processed {
+        Some(digest) if digest != BodyDigest::of(body) => Refusal::DuplicateBodyMismatch { event_id: id.clone() },
+        _ => Refusal::Duplicate,
+    }
+}
+
 enum Decision {
-    New(Lease),
+    New(Held),
+    Done(Option<BodyDigest>),
     Refused(Refusal),
     Unclaimed,
 }
 
-async fn claim(config: &Config, key: &EventId) -> Decision {
-    match with_timeout(config.store_timeout, config.store.claim(key, config.lease)).await {
-        Ok(Claim::New(lease)) => Decision::New(lease),
-        Ok(Claim::Done) => Decision::Refused(Refusal::Duplicate),
+/// A lease, and when the layer asked the store for it: the store's lease
+/// cannot have started earlier, so `claimed_at + lease` is when the layer
+/// stops trying to finish it.
+#[derive(Clone)]
+pub(super) struct Held {
+    lease: Lease,
+    /// The delivery's event id, for logs: the lease's key may be the body's
+    /// signature, which is never logged.
+    event_id: EventId,
+    claimed_at: Instant,
+}
+
+impl Held {
+    /// Which key the lease is on, for logs.
+    fn key(&self) -> &'static str {
+        if self.lease.event_id() == &self.event_id {
+            "event id"
+        } else {
+            "body signature"
+        }
+    }
+
+    /// When the lease ends at the latest; `None` if the clock cannot say.
+    fn lease_end(&self, config: &Config) -> Option<Instant> {
+        self.claimed_at.checked_add(config.lease)
+    }
+}
+
+/// Claims `key` for the delivery of `event_id`.
+async fn claim(config: &Arc<Config>, key: &EventId, event_id: &EventId) -> Decision {
+    let held = Held {
+        lease: Lease::generate(key.clone()),
+        event_id: event_id.clone(),
+        claimed_at: Instant::now(),
+    };
+    let pending = PendingClaim::arm(config, &held);
+    let result = with_timeout(config.store_timeout, config.store.claim(&held.lease, config.lease)).await;
+    pending.disarm();
+    match result {
+        Ok(Claim::New) => Decision::New(held),
+        Ok(Claim::Done { digest }) => Decision::Done(digest),
         Ok(Claim::InFlight { retry_after }) => Decision::Refused(Refusal::Rejected {
             kind: RejectionKind::InFlight {
                 retry_after: retry_after.unwrap_or(Duration::from_secs(1)),
             },
             cause: None,
         }),
-        Err(error) => match config.store_failure {
-            StoreFailurePolicy::FailClosed => Decision::Refused(Refusal::Rejected {
-                kind: RejectionKind::StoreUnavailable,
-                cause: Some(error),
-            }),
-            StoreFailurePolicy::FailOpen => {
-                tracing::error!(%error, "dedup store failed; failing open, event not deduplicated");
-                Decision::Unclaimed
+        Err(error) => {
+            release_unanswered(config, held, &error);
+            match config.store_failure {
+                StoreFailurePolicy::FailClosed => Decision::Refused(Refusal::Rejected {
+                    kind: RejectionKind::StoreUnavailable,
+                    cause: Some(error),
+                }),
+                StoreFailurePolicy::FailOpen => {
+                    tracing::error!(%error, "dedup store failed; failing open, event not deduplicated");
+                    Decision::Unclaimed
+                }
             }
-        },
+        }
+    }
+}
+
+/// Armed while a claim call is on its way to the store. If the request
+/// future is dropped before the store answered, the call may still land:
+/// `Drop` releases its lease in the background.
+struct PendingClaim<'a> {
+    config: &'a Arc<Config>,
+    armed: Option<Held>,
+}
+
+impl<'a> PendingClaim<'a> {
+    fn arm(config: &'a Arc<Config>, held: &Held) -> Self {
+        Self {
+            config,
+            armed: Some(held.clone()),
+        }
+    }
+
+    /// The store answered (or failed, or timed out): the caller decides.
+    fn disarm(mut self) {
+        self.armed = None;
+    }
+}
+
+impl Drop for PendingClaim<'_> {
+    fn drop(&mut self) {
+        if let Some(held) = self.armed.take() {
+            tracing::debug!("klikit delivery dropped while its claim was on the way; releasing it in the background");
+            spawn_release(self.config, held, ReleaseUntil::Released);
+        }
+    }
+}
+
+/// A claim call failed: unless the store said it stored nothing, release its
+/// lease in the background in case it landed.
+fn release_unanswered(config: &Arc<Config>, held: Held, error: &StoreError) {
+    match error {
+        // Nothing was stored.
+        StoreError::Full { .. } => {}
+        // The call was cut off and may still land, after any number of
+        // releases: release until one removes it.
+        StoreError::Timeout(_) => spawn_release(config, held, ReleaseUntil::Released),
+        // The call came back: it landed or not, and one answered release
+        // settles it.
+        _ => spawn_release(config, held, ReleaseUntil::Answered),
     }
 }
 
@@ -101,7 +281,8 @@ async fn with_timeout<T>(
     }
 }
 
-/// Owns a [`Claim::New`] lease until the handler's outcome is known.
+/// Owns the leases of a granted delivery until the handler's outcome is
+/// known.
 ///
 /// If the request future is dropped first (the connection closed, the server
 /// shut down, the handler panicked), `Drop` finishes the claim on a spawned
@@ -110,38 +291,41 @@ async fn with_timeout<T>(
 /// Without a Tokio runtime to spawn on, the lease simply expires.
 pub(super) struct ClaimGuard {
     config: Arc<Config>,
-    lease: Option<Lease>,
+    lease: Option<Held>,
     /// The claim on the body's signature, with signature deduplication on.
-    replay_lease: Option<Lease>,
-    succeeded: bool,
+    replay_lease: Option<Held>,
+    /// Set when the handler succeeded: the digest to complete with.
+    succeeded: Option<BodyDigest>,
 }
 
 impl ClaimGuard {
-    fn new(config: Arc<Config>, lease: Lease) -> Self {
+    fn new(config: Arc<Config>, held: Held) -> Self {
         Self {
             config,
-            lease: Some(lease),
+            lease: Some(held),
             replay_lease: None,
-            succeeded: false,
+            succeeded: None,
         }
     }
 
-    /// The handler answered 2xx: remember the event as processed.
-    pub(super) async fn complete(mut self) {
-        self.succeeded = true;
-        self.finish_all(true).await;
+    /// The handler answered 2xx for `body`: remember the event as processed,
+    /// with the body's digest.
+    pub(super) async fn complete(mut self, body: &Bytes) {
+        let digest = BodyDigest::of(body);
+        self.succeeded = Some(digest);
+        self.finish_all(Finish::Complete(digest)).await;
     }
 
     /// The handler failed: give the event back for the sender's retry.
     pub(super) async fn release(mut self) {
-        self.finish_all(false).await;
+        self.finish_all(Finish::Release).await;
     }
 
     /// Finishes every lease; one that is cancelled midway is left to `Drop`.
-    async fn finish_all(&mut self, complete: bool) {
+    async fn finish_all(&mut self, how: Finish) {
         for slot in [&mut self.lease, &mut self.replay_lease] {
-            if let Some(lease) = slot.as_ref() {
-                finish(&self.config, lease, complete).await;
+            if let Some(held) = slot.as_ref() {
+                finish(&self.config, held, how).await;
             }
             *slot = None;
         }
@@ -150,90 +334,235 @@ impl ClaimGuard {
 
 impl Drop for ClaimGuard {
     fn drop(&mut self) {
-        let leases: Vec<Lease> = [self.lease.take(), self.replay_lease.take()]
+        let held: Vec<Held> = [self.lease.take(), self.replay_lease.take()]
             .into_iter()
             .flatten()
             .collect();
-        if leases.is_empty() {
+        let Some(first) = held.first() else {
             return;
-        }
-        let complete = self.succeeded;
+        };
+        let how = match self.succeeded {
+            Some(digest) => Finish::Complete(digest),
+            None => Finish::Release,
+        };
         tracing::warn!(
-            complete,
+            complete = matches!(how, Finish::Complete(_)),
             panicking = std::thread::panicking(),
             "klikit delivery ended before its claim was finished; finishing it in the background"
         );
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
+        let lost = match how {
+            Finish::Complete(_) => "the processed event is not recorded; a later duplicate may be processed again",
+            Finish::Release => "the event is refused (409) until its lease ends",
         };
         let config = self.config.clone();
-        runtime.spawn(async move {
-            for lease in &leases {
-                finish(&config, lease, complete).await;
+        let first = first.clone();
+        self.config.background.spawn(&first, "finish", lost, async move {
+            for held in &held {
+                finish(&config, held, how).await;
             }
         });
     }
 }
 
-/// Completes (after a 2xx) or releases one lease, within the store timeout.
-async fn finish(config: &Arc<Config>, lease: &Lease, complete: bool) {
-    let (store, timeout) = (&config.store, config.store_timeout);
-    let result = if complete {
-        with_timeout(timeout, store.complete(lease, config.retention)).await
-    } else {
-        with_timeout(timeout, store.release(lease)).await
-    };
-    match (result, complete) {
-        (Ok(true), true) => tracing::trace!("claim completed"),
-        (Ok(true), false) => tracing::trace!("claim released"),
-        (Ok(false), _) => tracing::warn!(
-            complete,
-            "claim had expired and was taken over before it was finished; the event may be processed again"
-        ),
-        (Err(error), true) => {
-            tracing::warn!(%error, "could not record the processed event; retrying in the background");
-            retry_complete(config.clone(), lease.clone());
+/// How a lease is finished.
+#[derive(Clone, Copy)]
+enum Finish {
+    /// After a 2xx: complete with the processed body's digest.
+    Complete(BodyDigest),
+    /// Otherwise: release.
+    Release,
+}
+
+/// Completes (after a 2xx) or releases one lease, within the store timeout;
+/// when the store fails, retries in the background.
+async fn finish(config: &Arc<Config>, held: &Held, how: Finish) {
+    let (store, timeout, lease) = (&config.store, config.store_timeout, &held.lease);
+    match how {
+        Finish::Complete(digest) => {
+            match with_timeout(timeout, store.complete(lease, digest, config.retention)).await {
+                Ok(true) => tracing::trace!("claim completed"),
+                Ok(false) => tracing::warn!(
+                    "claim had expired and was taken over before it was completed; the event may be processed again"
+                ),
+                Err(error) => {
+                    tracing::warn!(%error, "could not record the processed event; retrying in the background");
+                    retry_complete(config, held, digest);
+                }
+            }
         }
-        (Err(error), false) => tracing::error!(
-            %error,
-            "could not release the claim; the retry is processed once the lease expires"
-        ),
+        Finish::Release => match with_timeout(timeout, store.release(lease)).await {
+            Ok(true) => tracing::trace!("claim released"),
+            Ok(false) => tracing::warn!("claim had expired and was taken over before it was released"),
+            Err(error) => {
+                tracing::warn!(%error, "could not release the claim; retrying in the background");
+                spawn_release(config, held.clone(), ReleaseUntil::Answered);
+            }
+        },
     }
 }
 
 /// Keeps trying to complete a claim whose handler succeeded, until the lease
-/// would have expired.
+/// (counted from the claim) would have ended.
 ///
 /// The 2xx has gone out, so Klikit will not retry; but a duplicate it sends
 /// later (or an operator's replay) must find the event done. Leaving the
 /// claim in flight would let the first delivery after the lease run the
 /// handler again. Retrying is safe: `complete` acts only while this lease's
-/// token holds the claim.
-fn retry_complete(config: Arc<Config>, lease: Lease) {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    runtime.spawn(async move {
-        let give_up = tokio::time::Instant::now() + config.lease;
-        // At once first (a connection killed under the store is usually
-        // replaced by the pool right away), then backing off.
-        let mut delay = Duration::ZERO;
-        while tokio::time::Instant::now() + delay < give_up {
-            tokio::time::sleep(delay).await;
-            match with_timeout(config.store_timeout, config.store.complete(&lease, config.retention)).await {
+/// token holds the claim. Every way the retry ends is logged.
+fn retry_complete(config: &Arc<Config>, held: &Held, digest: BodyDigest) {
+    let task_config = config.clone();
+    let held = held.clone();
+    let lost = "the processed event is not recorded; a duplicate after its lease may be processed again";
+    config.background.spawn(&held.clone(), "complete", lost, async move {
+        let config = task_config;
+        let (lease, event_id, key) = (&held.lease, &held.event_id, held.key());
+        let mut backoff = Backoff::new(held.lease_end(&config), lease);
+        while backoff.wait().await {
+            match with_timeout(
+                config.store_timeout,
+                config.store.complete(lease, digest, config.retention),
+            )
+            .await
+            {
                 Ok(true) => {
-                    tracing::info!(event_id = %lease.event_id(), "processed event recorded on retry");
+                    tracing::info!(%event_id, key, attempts = backoff.attempts, "processed event recorded on retry");
                     return;
                 }
-                // Either an earlier attempt did land (the event is done) or
-                // the lease was lost: nothing more to do either way.
-                Ok(false) => return,
-                Err(_) => delay = (delay * 2).clamp(Duration::from_millis(25), Duration::from_secs(1)),
+                Ok(false) => {
+                    tracing::warn!(
+                        %event_id,
+                        key,
+                        attempts = backoff.attempts,
+                        "retried completion found the claim no longer held: an earlier attempt landed after it timed \
+                         out, or the lease ended and another delivery took the event over (then it may be processed \
+                         again)"
+                    );
+                    return;
+                }
+                Err(error) => tracing::debug!(%error, %event_id, key, "completion retry failed"),
             }
         }
         tracing::error!(
-            event_id = %lease.event_id(),
-            "could not record the processed event before its lease ended; a later duplicate will be processed again"
+            %event_id,
+            key,
+            attempts = backoff.attempts,
+            "gave up recording the processed event: its lease has ended; a later duplicate will be processed again"
         );
     });
+}
+
+/// When a background release stops before the lease ends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ReleaseUntil {
+    /// At the first answer, `true` or `false`: the claim call (or an earlier
+    /// release) came back, so the claim is held by this lease or not at all.
+    Answered,
+    /// Only at `true`: the claim call was cut off and may land after any
+    /// number of releases.
+    Released,
+}
+
+/// Releases `held` on a background task, retrying with backoff until the
+/// store answers as `until` says or the lease (counted from the claim) would
+/// have ended. Every way it ends is logged.
+fn spawn_release(config: &Arc<Config>, held: Held, until: ReleaseUntil) {
+    let task_config = config.clone();
+    let lost = "the event is refused (409) until its lease ends";
+    config.background.spawn(&held.clone(), "release", lost, async move {
+        let config = task_config;
+        let (lease, event_id, key) = (&held.lease, &held.event_id, held.key());
+        let mut backoff = Backoff::new(held.lease_end(&config), lease);
+        let mut last_error = None;
+        while backoff.wait().await {
+            match with_timeout(config.store_timeout, config.store.release(lease)).await {
+                Ok(true) => {
+                    tracing::info!(%event_id, key, attempts = backoff.attempts, "claim released in the background");
+                    return;
+                }
+                Ok(false) if until == ReleaseUntil::Answered => {
+                    tracing::debug!(%event_id, key, "background release: the claim was not held");
+                    return;
+                }
+                Ok(false) => last_error = None,
+                Err(error) => last_error = Some(error),
+            }
+        }
+        match last_error {
+            // Only `false` answers: the claim never landed, or it landed
+            // late and expired, or it was taken over.
+            None => tracing::debug!(
+                %event_id,
+                key,
+                attempts = backoff.attempts,
+                "background release ended with the lease: no late claim to release"
+            ),
+            Some(error) => tracing::error!(
+                %error,
+                %event_id,
+                key,
+                attempts = backoff.attempts,
+                "gave up releasing the claim: its lease has ended"
+            ),
+        }
+    });
+}
+
+/// The waits of a background task: the first attempt at once, then after
+/// [`FIRST_RETRY_DELAY`] doubling up to [`MAX_RETRY_DELAY`], each delay
+/// jittered to between half and all of it so that tasks started together
+/// spread out; no attempt starts after `end`.
+struct Backoff {
+    end: Option<Instant>,
+    delay: Duration,
+    /// Jitter source, seeded from the lease token (unique per claim).
+    state: u64,
+    attempts: u32,
+}
+
+impl Backoff {
+    fn new(end: Option<Instant>, lease: &Lease) -> Self {
+        let token = lease.token().as_u128();
+        // Folding the two halves: truncation intended.
+        let state = (token as u64) ^ ((token >> 64) as u64);
+        Self {
+            end,
+            delay: Duration::ZERO,
+            state,
+            attempts: 0,
+        }
+    }
+
+    /// Waits before the next attempt; `false` if it would start after the end.
+    async fn wait(&mut self) -> bool {
+        let pause = if self.attempts == 0 {
+            Duration::ZERO
+        } else {
+            self.delay = (self.delay * 2).clamp(FIRST_RETRY_DELAY, MAX_RETRY_DELAY);
+            self.delay.mul_f64(0.5 + 0.5 * self.next_unit())
+        };
+        let start = Instant::now().checked_add(pause);
+        if let (Some(end), Some(start)) = (self.end, start)
+            && start >= end
+        {
+            return false;
+        }
+        tokio::time::sleep(pause).await;
+        // A busy runtime may wake the task late: check the end again.
+        if self.end.is_some_and(|end| Instant::now() >= end) {
+            return false;
+        }
+        self.attempts += 1;
+        true
+    }
+
+    /// A pseudo-random number in `[0, 1)` (splitmix64).
+    fn next_unit(&mut self) -> f64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        // The top 53 bits, exactly representable.
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
 }

@@ -28,13 +28,14 @@ use http_body_util::Full;
 use tower_service::Service;
 use tracing::Instrument;
 
+pub(crate) use self::claim::{Background, MAX_BACKGROUND_TASKS};
 pub use self::future::ResponseFuture;
 use self::{
     body::IncomingBody,
     claim::{Admission, SIGNATURE_KEY_PREFIX},
 };
 use crate::{
-    FromJson, InvalidEventId, KlikitEvent, KlikitWebhookLayer, RejectionKind,
+    EventId, FromJson, InvalidEventId, KlikitEvent, KlikitWebhookLayer, RejectionKind,
     layer::Config,
     scheme::{Delivery, Scheme},
     secrets::ResolveError,
@@ -125,6 +126,10 @@ where
 pub(crate) enum Refusal {
     /// Already processed: `200 {"status":"duplicate-ignored"}`.
     Duplicate,
+    /// Already processed, with another body than this delivery's: the same
+    /// answer, logged at `WARN` (naming the event id, which the request span
+    /// shows only at `INFO`) and counted apart.
+    DuplicateBodyMismatch { event_id: EventId },
     /// Refused, with the store error behind it where there is one.
     Rejected {
         kind: RejectionKind,
@@ -235,7 +240,7 @@ where
         .signatures()
         .ok()
         .and_then(|list| list.as_slice().first().copied());
-    let guard = match claim::admit(config, &verified.id, signature.as_ref()).await {
+    let guard = match claim::admit(config, &verified.id, signature.as_ref(), &bytes).await {
         Admission::Granted(guard) => guard,
         Admission::Refused(refusal) => return Ended::Refused(refusal),
     };
@@ -246,12 +251,13 @@ where
     if let Some(signature) = parts.headers.get_mut(scheme.signature_header()) {
         signature.set_sensitive(true);
     }
-    let result = inner.call(Request::from_parts(parts, Full::new(bytes))).await;
+    // The claim's completion digests the body; the handler gets its own handle.
+    let result = inner.call(Request::from_parts(parts, Full::new(bytes.clone()))).await;
     if let Some(guard) = guard {
         // Read the status now: the response itself need not be Sync.
         let succeeded = result.as_ref().is_ok_and(|response| response.status().is_success());
         if succeeded {
-            guard.complete().await;
+            guard.complete(&bytes).await;
         } else {
             guard.release().await;
         }

@@ -24,6 +24,19 @@ pub(super) fn conclude<B: FromJson, E>(ended: Ended<B, E>, started: crate::metri
                 )),
             )
         }
+        Ended::Refused(Refusal::DuplicateBodyMismatch { event_id }) => {
+            log_outcome(
+                DeliveryOutcome::DuplicateBodyMismatch,
+                Some(&format_args!("event id {event_id}")),
+            );
+            (
+                DeliveryOutcome::DuplicateBodyMismatch,
+                Ok(json_response(
+                    StatusCode::OK,
+                    Bytes::from_static(DUPLICATE_BODY.as_bytes()),
+                )),
+            )
+        }
         Ended::Refused(Refusal::Rejected { kind, cause }) => {
             refused(kind, cause.as_ref().map(|cause| cause as &dyn fmt::Display))
         }
@@ -74,6 +87,13 @@ fn log_outcome(outcome: DeliveryOutcome, reason: Option<&dyn fmt::Display>) {
     match outcome {
         DeliveryOutcome::Processed => tracing::debug!(outcome = name, "klikit delivery processed"),
         DeliveryOutcome::Duplicate => tracing::debug!(outcome = name, "klikit delivery already processed; ignored"),
+        DeliveryOutcome::DuplicateBodyMismatch => tracing::warn!(
+            outcome = name,
+            reason,
+            "klikit delivery of an already processed event id, with another body than the processed one; answered \
+             as a duplicate. Klikit does not reuse ids: either this body, or the one processed under this id, was \
+             sent under an id it was not signed for (the id is not signed)"
+        ),
         DeliveryOutcome::InFlight => {
             tracing::info!(
                 outcome = name,

@@ -4,10 +4,7 @@ use std::{
     collections::{HashMap, VecDeque},
     fmt,
     hash::BuildHasher,
-    sync::{
-        Mutex, MutexGuard,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
@@ -17,7 +14,7 @@ use async_trait::async_trait;
 // collisions, and hashing is a visible share of the store's time.
 use foldhash::fast::RandomState;
 
-use super::{Claim, DedupStore, Lease, LeaseToken, Result, StoreError};
+use super::{BodyDigest, Claim, DedupStore, Lease, LeaseToken, Result, StoreError};
 use crate::EventId;
 
 /// Shards split the lock so that deliveries on different cores rarely wait
@@ -55,31 +52,74 @@ pub struct MemoryStore {
     capacity: usize,
     shard_capacity: usize,
     epoch: Instant,
-    next_token: AtomicU64,
 }
 
 #[derive(Default)]
 struct Shard {
+    /// Where each id's state is: an entry of `leases` or of `done`.
     records: HashMap<EventId, Record, RandomState>,
-    /// In-flight claims in the order they were made, to forget expired ones.
-    leases: VecDeque<Expiry>,
+    /// Claims in the order they were made, to forget expired ones. An entry
+    /// stays until it reaches the front, also after its claim ended.
+    leases: VecDeque<LeaseEntry>,
+    /// The sequence number of `leases[0]`.
+    leases_base: u64,
     /// Completed records in the order they were completed, to forget expired
     /// ones and to evict the oldest when the shard is full.
-    done: VecDeque<Expiry>,
+    done: VecDeque<DoneEntry>,
+    /// The sequence number of `done[0]`.
+    done_base: u64,
 }
 
-#[derive(Clone, Copy)]
-struct Record {
-    token: u64,
+/// An id's record in the map: 8 bytes naming the queue entry that holds its
+/// state (the top bit: `done` rather than `leases`; the rest: the entry's
+/// sequence number). Most of a full store's memory is the hash map, and a
+/// map bucket costs about twice a queue slot, so the token, the digest and
+/// the deadline live in the queues.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Record(u64);
+
+const DONE_BIT: u64 = 1 << 63;
+
+impl Record {
+    fn lease(seq: u64) -> Self {
+        Self(seq & !DONE_BIT)
+    }
+
+    fn done(seq: u64) -> Self {
+        Self(seq | DONE_BIT)
+    }
+}
+
+/// A claim: its deadline and token.
+struct LeaseEntry {
     /// Milliseconds since the store's epoch.
     deadline: u64,
-    done: bool,
+    id: EventId,
+    token: Token,
 }
 
-struct Expiry {
+/// A completed record: its deadline and the processed body's digest.
+struct DoneEntry {
+    /// Milliseconds since the store's epoch.
     deadline: u64,
     id: EventId,
-    token: u64,
+    digest: BodyDigest,
+}
+
+/// What a record says.
+enum State {
+    InFlight { deadline: u64, token: Token },
+    Done { deadline: u64, digest: BodyDigest },
+}
+
+/// A [`LeaseToken`] as 16 bytes, so that entries align to 8 bytes, not 16.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Token([u8; 16]);
+
+impl From<LeaseToken> for Token {
+    fn from(token: LeaseToken) -> Self {
+        Self(token.as_u128().to_be_bytes())
+    }
 }
 
 impl MemoryStore {
@@ -103,7 +143,6 @@ impl MemoryStore {
             capacity: shard_capacity * SHARDS,
             shard_capacity,
             epoch: Instant::now(),
-            next_token: AtomicU64::new(1),
         }
     }
 
@@ -158,57 +197,83 @@ fn millis(duration: Duration) -> u64 {
 }
 
 impl Shard {
+    /// The state `id`'s record points to.
+    fn state(&self, id: &EventId) -> Option<State> {
+        let record = self.records.get(id)?.0;
+        let seq = record & !DONE_BIT;
+        if record & DONE_BIT == 0 {
+            let entry = self
+                .leases
+                .get(usize::try_from(seq.checked_sub(self.leases_base)?).ok()?)?;
+            Some(State::InFlight {
+                deadline: entry.deadline,
+                token: entry.token,
+            })
+        } else {
+            let entry = self.done.get(usize::try_from(seq.checked_sub(self.done_base)?).ok()?)?;
+            Some(State::Done {
+                deadline: entry.deadline,
+                digest: entry.digest,
+            })
+        }
+    }
+
+    /// Whether `id` is an in-flight claim with `token`.
+    fn holds(&self, id: &EventId, token: Token) -> bool {
+        matches!(self.state(id), Some(State::InFlight { token: held, .. }) if held == token)
+    }
+
+    /// Removes `id`'s record if it points to `record`.
+    fn forget_if(&mut self, id: &EventId, record: Record) -> bool {
+        let current = self.records.get(id) == Some(&record);
+        if current {
+            self.records.remove(id);
+        }
+        current
+    }
+
     /// Forgets expired claims and records at the front of both queues.
     ///
     /// A lease entry whose claim was already completed or released is
-    /// dropped at once rather than when its lease would have expired: it
-    /// could only ever be a no-op, and keeping it would hold a copy of the id
-    /// (and the queue slot) for the whole lease, so that a busy receiver's
-    /// queue grew with its rate times the lease, beyond the store's capacity.
+    /// dropped as soon as it reaches the front rather than when its lease
+    /// would have expired: it could only ever be a no-op, and keeping it
+    /// would hold a copy of the id (and the queue slot) for the whole lease,
+    /// so that a busy receiver's queue grew with its rate times the lease,
+    /// beyond the store's capacity.
     fn purge(&mut self, now: u64) {
         while let Some(front) = self.leases.front() {
-            if front.deadline > now && self.is_in_flight(front) {
+            let record = Record::lease(self.leases_base);
+            let current = self.records.get(&front.id) == Some(&record);
+            if front.deadline > now && current {
                 break;
             }
             let Some(expired) = self.leases.pop_front() else {
                 break;
             };
-            self.forget_if(&expired, false);
+            self.leases_base += 1;
+            self.forget_if(&expired.id, record);
         }
         while let Some(front) = self.done.front() {
             if front.deadline > now {
                 break;
             }
-            let Some(expired) = self.done.pop_front() else {
-                break;
-            };
-            self.forget_if(&expired, true);
+            let _ = self.pop_done();
         }
     }
 
-    /// Whether the claim `expiry` was queued for is still held.
-    fn is_in_flight(&self, expiry: &Expiry) -> bool {
-        self.records
-            .get(&expiry.id)
-            .is_some_and(|r| r.token == expiry.token && !r.done)
-    }
-
-    /// Removes the record `expiry` points to if it is still that record.
-    fn forget_if(&mut self, expiry: &Expiry, done: bool) -> bool {
-        let current = self
-            .records
-            .get(&expiry.id)
-            .is_some_and(|r| r.token == expiry.token && r.done == done);
-        if current {
-            self.records.remove(&expiry.id);
-        }
-        current
+    /// Pops the oldest completed entry and forgets its record if it still
+    /// points there; whether it did, or `None` with the queue empty.
+    fn pop_done(&mut self) -> Option<bool> {
+        let record = Record::done(self.done_base);
+        let oldest = self.done.pop_front()?;
+        self.done_base += 1;
+        Some(self.forget_if(&oldest.id, record))
     }
 
     /// Makes room for one more id by evicting the oldest completed record.
     fn evict_oldest_done(&mut self) -> bool {
-        while let Some(oldest) = self.done.pop_front() {
-            if self.forget_if(&oldest, true) {
+        while let Some(evicted) = self.pop_done() {
+            if evicted {
                 return true;
             }
         }
@@ -218,86 +283,96 @@ impl Shard {
 
 #[async_trait]
 impl DedupStore for MemoryStore {
-    async fn claim(&self, event_id: &EventId, lease: Duration) -> Result<Claim> {
+    async fn claim(&self, lease: &Lease, ttl: Duration) -> Result<Claim> {
+        let event_id = lease.event_id();
+        let token = Token::from(lease.token());
         let now = self.now();
         let mut shard = self.shard(event_id);
         shard.purge(now);
-        let existing = shard.records.get(event_id);
-        let is_new_key = existing.is_none();
-        if let Some(record) = existing
-            && record.deadline > now
-        {
-            return Ok(if record.done {
-                Claim::Done
-            } else {
-                Claim::InFlight {
-                    retry_after: Some(Duration::from_millis(record.deadline - now)),
-                }
-            });
+        match shard.state(event_id) {
+            Some(State::Done { deadline, digest }) if deadline > now => {
+                return Ok(Claim::Done { digest: Some(digest) });
+            }
+            Some(State::InFlight { deadline, token: held }) if deadline > now => {
+                return Ok(if held == token {
+                    Claim::New
+                } else {
+                    Claim::InFlight {
+                        retry_after: Some(Duration::from_millis(deadline - now)),
+                    }
+                });
+            }
+            _ => {}
         }
+        let is_new_key = !shard.records.contains_key(event_id);
         if is_new_key && shard.records.len() >= self.shard_capacity && !shard.evict_oldest_done() {
             return Err(StoreError::Full {
                 capacity: self.capacity,
             });
         }
-        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        let deadline = now.saturating_add(millis(lease));
-        shard.records.insert(
-            event_id.clone(),
-            Record {
-                token,
-                deadline,
-                done: false,
-            },
-        );
-        shard.leases.push_back(Expiry {
-            deadline,
+        let seq = shard.leases_base + shard.leases.len() as u64;
+        shard.leases.push_back(LeaseEntry {
+            deadline: now.saturating_add(millis(ttl)),
             id: event_id.clone(),
             token,
         });
-        Ok(Claim::New(Lease::new(
-            event_id.clone(),
-            LeaseToken::from_u128(u128::from(token)),
-        )))
+        shard.records.insert(event_id.clone(), Record::lease(seq));
+        Ok(Claim::New)
     }
 
-    async fn complete(&self, lease: &Lease, retain: Duration) -> Result<bool> {
-        let Ok(token) = u64::try_from(lease.token().as_u128()) else {
-            return Ok(false);
-        };
+    async fn complete(&self, lease: &Lease, digest: BodyDigest, retain: Duration) -> Result<bool> {
+        let token = Token::from(lease.token());
         let now = self.now();
         let mut shard = self.shard(lease.event_id());
         shard.purge(now);
-        let deadline = now.saturating_add(millis(retain));
-        match shard.records.get_mut(lease.event_id()) {
-            Some(record) if record.token == token && !record.done => {
-                record.done = true;
-                record.deadline = deadline;
-            }
-            _ => return Ok(false),
+        if !shard.holds(lease.event_id(), token) {
+            return Ok(false);
         }
-        shard.done.push_back(Expiry {
-            deadline,
+        let seq = shard.done_base + shard.done.len() as u64;
+        shard.done.push_back(DoneEntry {
+            deadline: now.saturating_add(millis(retain)),
             id: lease.event_id().clone(),
-            token,
+            digest,
         });
+        shard.records.insert(lease.event_id().clone(), Record::done(seq));
         Ok(true)
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool> {
-        let Ok(token) = u64::try_from(lease.token().as_u128()) else {
-            return Ok(false);
-        };
+        let token = Token::from(lease.token());
         let now = self.now();
         let mut shard = self.shard(lease.event_id());
         shard.purge(now);
-        let held = shard
-            .records
-            .get(lease.event_id())
-            .is_some_and(|r| r.token == token && !r.done);
+        let held = shard.holds(lease.event_id(), token);
         if held {
             shard.records.remove(lease.event_id());
         }
         Ok(held)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_is_8_bytes() {
+        assert_eq!(std::mem::size_of::<Record>(), 8);
+    }
+
+    #[tokio::test]
+    async fn a_claim_renewed_with_its_own_token_outlives_its_first_lease_entry() {
+        let store = MemoryStore::with_capacity(16);
+        let id = EventId::new("evt").unwrap();
+        let lease = Lease::generate(id.clone());
+        assert_eq!(store.claim(&lease, Duration::ZERO).await.unwrap(), Claim::New);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        // Expired: the same token claims it again, for long.
+        assert_eq!(store.claim(&lease, Duration::from_secs(60)).await.unwrap(), Claim::New);
+        // The first entry is purged; the renewed claim stays.
+        let other = Lease::generate(id);
+        let answer = store.claim(&other, Duration::from_secs(60)).await.unwrap();
+        assert!(matches!(answer, Claim::InFlight { .. }), "{answer:?}");
+        assert_eq!(store.len(), 1);
     }
 }

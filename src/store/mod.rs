@@ -7,12 +7,14 @@
 //! concurrent retries both pass a "have I seen it?" check). The store therefore
 //! works in **two phases**, each of them atomic in the backend:
 //!
-//! 1. [`claim`](DedupStore::claim) the event id before the handler runs. Exactly
-//!    one caller gets [`Claim::New`] with a [`Lease`]; everybody else gets
-//!    [`Claim::InFlight`] (someone holds an unexpired lease) or [`Claim::Done`]
-//!    (the event was processed).
+//! 1. [`claim`](DedupStore::claim) the event id before the handler runs,
+//!    with a [`Lease`] the **caller** made: the event id and a fresh
+//!    [`LeaseToken`]. Exactly one caller gets [`Claim::New`], and its lease
+//!    now holds the event; everybody else gets [`Claim::InFlight`] (someone
+//!    holds an unexpired lease) or [`Claim::Done`] (the event was processed).
 //! 2. When the handler answered 2xx, [`complete`](DedupStore::complete) the lease:
-//!    the id is remembered as done for the retention period. When it failed,
+//!    the id is remembered as done for the retention period, together with
+//!    the [`BodyDigest`] of the body that was processed. When it failed,
 //!    [`release`](DedupStore::release) the lease so that Klikit's next retry
 //!    is processed. A holder that crashed does neither; its lease expires and
 //!    the next claim wins it.
@@ -21,6 +23,33 @@
 //! `complete` and `release` act only when the token still matches the stored
 //! claim, so a stale lease (one that expired and was claimed again by someone
 //! else) can never finish or drop the newer claim.
+//!
+//! # Why the caller makes the token
+//!
+//! The caller holds the token *before* the store sees the claim. A claim
+//! whose caller stopped waiting (the layer's store timeout, or a request
+//! dropped mid-claim) can still land in the backend afterwards: Redis runs a
+//! command already written to its connection, sqlx's SQLite worker runs a
+//! statement its caller no longer awaits. Were the token made inside the
+//! store, nobody would hold that claim, and every retry of the event would
+//! get 409 until its lease ran out. Because the layer knows the token, it
+//! releases that claim in the background instead (retrying until the release
+//! removes it or the lease would have ended), so the next retry after the
+//! store recovers is processed within seconds.
+//!
+//! # The body digest
+//!
+//! [`complete`](DedupStore::complete) stores the SHA-256 [`BodyDigest`] of
+//! the processed body with the id, and a claim of a completed id returns it
+//! in [`Claim::Done`]. The event id is not signed: someone holding one
+//! captured signed body can send it under an id Klikit has not used yet, and
+//! Klikit's real delivery of that id is then a "duplicate". The layer still
+//! answers such a delivery as a duplicate, but when its body differs from the
+//! processed one it logs a warning and counts it under its own outcome,
+//! [`DuplicateBodyMismatch`](crate::DeliveryOutcome::DuplicateBodyMismatch),
+//! so an operator sees it. Records written without a digest (before a store
+//! was upgraded, or by `PostgresStore::complete_event_in`) answer
+//! `Done { digest: None }` and are never reported as a mismatch.
 //!
 //! # Backends
 //!
@@ -70,33 +99,37 @@
 //!
 //! ```
 //! use std::{collections::HashMap, sync::Mutex, time::{Duration, Instant}};
-//! use klikit_webhook::{EventId, store::{Claim, DedupStore, Lease, LeaseToken, Result}};
+//! use klikit_webhook::{EventId, store::{BodyDigest, Claim, DedupStore, Lease, LeaseToken, Result}};
 //!
+//! /// Per id: the claim's token, the digest once done, and the expiry.
 //! #[derive(Debug, Default)]
-//! struct MapStore(Mutex<HashMap<EventId, (Option<LeaseToken>, Instant)>>);
+//! struct MapStore(Mutex<HashMap<EventId, (LeaseToken, Option<BodyDigest>, Instant)>>);
 //!
 //! #[async_trait::async_trait]
 //! impl DedupStore for MapStore {
-//!     async fn claim(&self, id: &EventId, lease: Duration) -> Result<Claim> {
+//!     async fn claim(&self, lease: &Lease, ttl: Duration) -> Result<Claim> {
 //!         let mut map = self.0.lock().unwrap();
 //!         let now = Instant::now();
-//!         match map.get(id) {
-//!             Some((Some(_), until)) if *until > now => {
+//!         match map.get(lease.event_id()) {
+//!             Some((_, Some(digest), until)) if *until > now => {
+//!                 return Ok(Claim::Done { digest: Some(*digest) });
+//!             }
+//!             // Claiming again with the token that holds the claim: still ours.
+//!             Some((token, None, until)) if *until > now && *token == lease.token() => return Ok(Claim::New),
+//!             Some((_, None, until)) if *until > now => {
 //!                 return Ok(Claim::InFlight { retry_after: Some(*until - now) });
 //!             }
-//!             Some((None, until)) if *until > now => return Ok(Claim::Done),
 //!             _ => {}
 //!         }
-//!         let token = LeaseToken::generate();
-//!         map.insert(id.clone(), (Some(token), now + lease));
-//!         Ok(Claim::New(Lease::new(id.clone(), token)))
+//!         map.insert(lease.event_id().clone(), (lease.token(), None, now + ttl));
+//!         Ok(Claim::New)
 //!     }
 //!
-//!     async fn complete(&self, lease: &Lease, retain: Duration) -> Result<bool> {
+//!     async fn complete(&self, lease: &Lease, digest: BodyDigest, retain: Duration) -> Result<bool> {
 //!         let mut map = self.0.lock().unwrap();
 //!         match map.get_mut(lease.event_id()) {
-//!             Some(entry) if entry.0 == Some(lease.token()) => {
-//!                 *entry = (None, Instant::now() + retain);
+//!             Some(entry) if entry.0 == lease.token() && entry.1.is_none() => {
+//!                 *entry = (entry.0, Some(digest), Instant::now() + retain);
 //!                 Ok(true)
 //!             }
 //!             _ => Ok(false),
@@ -106,7 +139,7 @@
 //!     async fn release(&self, lease: &Lease) -> Result<bool> {
 //!         let mut map = self.0.lock().unwrap();
 //!         match map.get(lease.event_id()) {
-//!             Some((Some(token), _)) if *token == lease.token() => {
+//!             Some((token, None, _)) if *token == lease.token() => {
 //!                 map.remove(lease.event_id());
 //!                 Ok(true)
 //!             }
@@ -231,6 +264,26 @@ pub(crate) fn token_bytes(token: LeaseToken) -> [u8; 16] {
     token.as_u128().to_be_bytes()
 }
 
+/// The [`Claim`] a SQL claim statement's `RETURNING` row stands for: whether
+/// the row holds the caller's token, whether it is completed, the
+/// milliseconds left on it, and its digest (a stored value that is not 32
+/// bytes reads as none).
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) fn claim_answer(ours: bool, done: bool, left_ms: i64, digest: Option<&[u8]>) -> Claim {
+    if done {
+        let digest = digest
+            .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+            .map(BodyDigest::from_bytes);
+        Claim::Done { digest }
+    } else if ours {
+        Claim::New
+    } else {
+        Claim::InFlight {
+            retry_after: Some(Duration::from_millis(left_ms.max(0).unsigned_abs())),
+        }
+    }
+}
+
 /// The result type of every [`DedupStore`] operation.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -245,43 +298,58 @@ pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 /// store.
 #[async_trait]
 pub trait DedupStore: fmt::Debug + Send + Sync + 'static {
-    /// Claims `event_id` for processing.
+    /// Claims `lease.event_id()` for the caller's `lease`.
     ///
-    /// Atomically:
-    /// - if there is no record for `event_id`, or its record is a claim whose
-    ///   lease has expired, or a completed record whose retention has expired:
-    ///   store a new claim with a fresh [`LeaseToken`] that expires after
-    ///   `lease`, and return [`Claim::New`];
-    /// - if an unexpired claim exists: return [`Claim::InFlight`], with the
-    ///   time left on that lease when the backend knows it;
-    /// - if an unexpired completed record exists: return [`Claim::Done`].
+    /// The caller makes the lease (with a fresh [`LeaseToken::generate`])
+    /// before the call, so that it can [`release`](Self::release) a claim
+    /// that lands after the caller stopped waiting for it. Atomically:
+    /// - if there is no record for the event id, or its record is a claim
+    ///   whose lease has expired, or a completed record whose retention has
+    ///   expired: store a claim with `lease.token()` that expires after `ttl`,
+    ///   and return [`Claim::New`];
+    /// - if an unexpired claim with `lease.token()` exists (the same claim,
+    ///   made again): return [`Claim::New`] and leave it as it is;
+    /// - if an unexpired claim with another token exists: return
+    ///   [`Claim::InFlight`], with the time left on that lease when the
+    ///   backend knows it;
+    /// - if an unexpired completed record exists (whatever its token): return
+    ///   [`Claim::Done`] with the digest stored by
+    ///   [`complete`](Self::complete), or `None` for a record without one.
+    ///
+    /// A `ttl` of zero makes a claim that has already expired: the next
+    /// claim of the event, by anyone, wins it.
     ///
     /// # Errors
     ///
     /// Returns a [`StoreError`] when the backend cannot answer. The layer
     /// then rejects the delivery with 503 (or, if configured to fail open,
-    /// runs the handler without a claim).
-    async fn claim(&self, event_id: &EventId, lease: Duration) -> Result<Claim>;
+    /// runs the handler without a claim), and releases `lease` in the
+    /// background in case the claim was stored anyway; return
+    /// [`StoreError::Full`] only when nothing was stored.
+    async fn claim(&self, lease: &Lease, ttl: Duration) -> Result<Claim>;
 
-    /// Marks the claim held by `lease` as done, remembered for `retain`.
+    /// Marks the claim held by `lease` as done, remembered for `retain`
+    /// together with `digest`, the digest of the body that was processed.
     ///
     /// Acts only if the stored record for `lease.event_id()` is still the
-    /// claim with the same token. Once the lease has expired the store may
-    /// have forgotten the claim (and another caller may have claimed the
-    /// event again); then nothing changes. Returns `true` if the record was
-    /// completed and `false` if the lease was stale.
+    /// claim with the same token, not yet completed. Once the lease has
+    /// expired the store may have forgotten the claim (and another caller
+    /// may have claimed the event again); then nothing changes. Returns
+    /// `true` if the record was completed and `false` if the lease was stale
+    /// or already completed.
     ///
     /// # Errors
     ///
     /// Returns a [`StoreError`] when the backend cannot answer.
-    async fn complete(&self, lease: &Lease, retain: Duration) -> Result<bool>;
+    async fn complete(&self, lease: &Lease, digest: BodyDigest, retain: Duration) -> Result<bool>;
 
     /// Gives up the claim held by `lease`, so the next claim for the event is
     /// [`Claim::New`].
     ///
-    /// Acts only if the stored record is a claim with the same token. Returns
-    /// `true` if the claim was removed and `false` if the lease was stale and
-    /// nothing was changed.
+    /// Acts only if the stored record is a claim (not completed) with the
+    /// same token. Returns `true` if the claim was removed and `false` if
+    /// there was no such claim and nothing was changed: the lease was stale,
+    /// completed, already released, or its claim never landed.
     ///
     /// # Errors
     ///
@@ -291,12 +359,12 @@ pub trait DedupStore: fmt::Debug + Send + Sync + 'static {
 
 #[async_trait]
 impl<T: DedupStore + ?Sized> DedupStore for std::sync::Arc<T> {
-    async fn claim(&self, event_id: &EventId, lease: Duration) -> Result<Claim> {
-        (**self).claim(event_id, lease).await
+    async fn claim(&self, lease: &Lease, ttl: Duration) -> Result<Claim> {
+        (**self).claim(lease, ttl).await
     }
 
-    async fn complete(&self, lease: &Lease, retain: Duration) -> Result<bool> {
-        (**self).complete(lease, retain).await
+    async fn complete(&self, lease: &Lease, digest: BodyDigest, retain: Duration) -> Result<bool> {
+        (**self).complete(lease, digest, retain).await
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool> {
@@ -305,20 +373,26 @@ impl<T: DedupStore + ?Sized> DedupStore for std::sync::Arc<T> {
 }
 
 /// The answer of [`DedupStore::claim`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
-    /// The caller owns the event now and must complete or release the lease.
-    New(Lease),
+    /// The caller's lease holds the event now; the caller must complete or
+    /// release it.
+    New,
     /// Another caller holds an unexpired claim on the event.
     InFlight {
         /// Time left on the other caller's lease, if the backend knows it.
         retry_after: Option<Duration>,
     },
     /// The event was processed; it must not be processed again.
-    Done,
+    Done {
+        /// The digest of the body that was processed, as given to
+        /// [`DedupStore::complete`]; `None` for a record stored without one.
+        digest: Option<BodyDigest>,
+    },
 }
 
-/// Proof of a [`Claim::New`]: the event id and the token of that claim.
+/// A claim on one event: the event id and the token that identifies the
+/// claim. The caller of [`DedupStore::claim`] makes it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Lease {
     event_id: EventId,
@@ -326,10 +400,15 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// Creates a lease; called by [`DedupStore`] implementations in
-    /// [`claim`](DedupStore::claim).
+    /// A lease on `event_id` with `token`.
     pub fn new(event_id: EventId, token: LeaseToken) -> Self {
         Self { event_id, token }
+    }
+
+    /// A lease on `event_id` with a fresh token ([`LeaseToken::generate`]):
+    /// what to pass to [`DedupStore::claim`].
+    pub fn generate(event_id: EventId) -> Self {
+        Self::new(event_id, LeaseToken::generate())
     }
 
     /// The claimed event id.
@@ -340,6 +419,47 @@ impl Lease {
     /// The token that identifies this claim.
     pub fn token(&self) -> LeaseToken {
         self.token
+    }
+}
+
+/// The SHA-256 digest of a processed body, stored with each completed event
+/// id (see [the body digest](crate::store#the-body-digest)).
+///
+/// A digest is not secret (it reveals nothing a captured body does not), so
+/// `Debug` and `Display` show it in hex.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BodyDigest([u8; 32]);
+
+impl BodyDigest {
+    /// The digest of `body`, the raw bytes as received.
+    pub fn of(body: &[u8]) -> Self {
+        use sha2::Digest as _;
+        Self(sha2::Sha256::digest(body).into())
+    }
+
+    /// Rebuilds a digest read back from a backend.
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The 32 bytes of the digest.
+    pub const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Display for BodyDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for byte in self.0 {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for BodyDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BodyDigest({self})")
     }
 }
 

@@ -6,7 +6,8 @@ use async_trait::async_trait;
 use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 
 use super::{
-    Claim, DedupStore, Lease, LeaseToken, Result, StoreError, sql::validate_identifier, token_bytes, ttl_millis,
+    BodyDigest, Claim, DedupStore, Lease, LeaseToken, Result, StoreError, claim_answer, sql::validate_identifier,
+    token_bytes, ttl_millis,
 };
 use crate::{ConfigError, EventId};
 
@@ -26,11 +27,18 @@ use crate::{ConfigError, EventId};
 ///     event_id   text COLLATE "C" PRIMARY KEY,  -- x-klikit-event-id
 ///     token      bytea       NOT NULL,          -- the claim's 16-byte lease token
 ///     done       boolean     NOT NULL,          -- false: in flight; true: completed
-///     expires_at timestamptz NOT NULL           -- end of the lease, or of the retention
+///     expires_at timestamptz NOT NULL,          -- end of the lease, or of the retention
+///     digest     bytea                          -- SHA-256 of the processed body, once completed
 /// );
 /// CREATE INDEX IF NOT EXISTS "klikit_webhook_dedup_expires_at_idx"
 ///     ON "klikit_webhook_dedup" (expires_at);
+/// ALTER TABLE "klikit_webhook_dedup" ADD COLUMN IF NOT EXISTS digest bytea;
 /// ```
+///
+/// The last statement upgrades a table made by an earlier version, without
+/// `digest` (`migrate` runs it only when `information_schema.columns` does
+/// not list the column); its completed rows answer
+/// `Claim::Done { digest: None }`.
 ///
 /// Only the database clock (`now()`) decides expiry, so instances whose
 /// clocks disagree still agree on every answer.
@@ -50,12 +58,15 @@ use crate::{ConfigError, EventId};
 ///   ON CONFLICT (event_id) DO UPDATE SET
 ///       token      = CASE WHEN cur.expires_at <= now() THEN excluded.token      ELSE cur.token      END,
 ///       done       = CASE WHEN cur.expires_at <= now() THEN false               ELSE cur.done       END,
-///       expires_at = CASE WHEN cur.expires_at <= now() THEN excluded.expires_at ELSE cur.expires_at END
-///   RETURNING token = $2, done, ceil(extract(epoch FROM expires_at - now()) * 1000)::bigint
+///       expires_at = CASE WHEN cur.expires_at <= now() THEN excluded.expires_at ELSE cur.expires_at END,
+///       digest     = CASE WHEN cur.expires_at <= now() THEN NULL                ELSE cur.digest     END
+///   RETURNING token = $2, done, ceil(extract(epoch FROM expires_at - now()) * 1000)::bigint, digest
 ///   ```
 ///
-///   The returned token is ours exactly when we won the claim; otherwise
-///   `done` and the time left tell [`Claim::Done`] from [`Claim::InFlight`].
+///   A completed row answers [`Claim::Done`] with its digest. Otherwise the
+///   returned token is ours exactly when our lease holds the claim (we won
+///   it, or it was already ours), and [`Claim::InFlight`] with the time left
+///   when it is not.
 ///   The more obvious `DO UPDATE ... WHERE <expired>` returns no row when the
 ///   existing claim is alive, and reading that row in the same statement
 ///   (a CTE with `UNION ALL SELECT`) sees the statement's snapshot, which
@@ -63,8 +74,8 @@ use crate::{ConfigError, EventId};
 ///   by `ON CONFLICT DO UPDATE` instead serialises concurrent claims, and
 ///   `RETURNING` always sees the latest row. The price is one (HOT) row
 ///   version per duplicate delivery, which `VACUUM` reclaims.
-/// - `complete`: `UPDATE ... SET done = true, expires_at = now() + <retain>
-///   WHERE event_id = $1 AND token = $2 AND NOT done`.
+/// - `complete`: `UPDATE ... SET done = true, expires_at = now() + <retain>,
+///   digest = $4 WHERE event_id = $1 AND token = $2 AND NOT done`.
 /// - `release`: `DELETE ... WHERE event_id = $1 AND token = $2 AND NOT done`.
 ///
 /// The event id is always a bind parameter. The table and schema names are
@@ -112,8 +123,10 @@ struct Statements {
     cleanup: Arc<str>,
     create_table: Arc<str>,
     create_index: Arc<str>,
+    add_digest: Arc<str>,
     complete_event: Arc<str>,
     is_done: Arc<str>,
+    attach_digest: Arc<str>,
 }
 
 impl Statements {
@@ -131,14 +144,15 @@ impl Statements {
                  ON CONFLICT (event_id) DO UPDATE SET \
                  token = CASE WHEN {expired} THEN excluded.token ELSE cur.token END, \
                  done = CASE WHEN {expired} THEN false ELSE cur.done END, \
-                 expires_at = CASE WHEN {expired} THEN excluded.expires_at ELSE cur.expires_at END \
+                 expires_at = CASE WHEN {expired} THEN excluded.expires_at ELSE cur.expires_at END, \
+                 digest = CASE WHEN {expired} THEN NULL ELSE cur.digest END \
                  RETURNING cur.token = $2, cur.done, \
-                 ceil(extract(epoch FROM cur.expires_at - now()) * 1000)::bigint"
+                 ceil(extract(epoch FROM cur.expires_at - now()) * 1000)::bigint, cur.digest"
             )
             .into(),
             complete: format!(
-                "UPDATE {t} SET done = true, expires_at = now() + $3::bigint * interval '1 millisecond' \
-                 WHERE event_id = $1 AND token = $2 AND NOT done"
+                "UPDATE {t} SET done = true, expires_at = now() + $3::bigint * interval '1 millisecond', \
+                 digest = $4 WHERE event_id = $1 AND token = $2 AND NOT done"
             )
             .into(),
             release: format!("DELETE FROM {t} WHERE event_id = $1 AND token = $2 AND NOT done").into(),
@@ -153,10 +167,12 @@ impl Statements {
                  event_id text COLLATE \"C\" PRIMARY KEY, \
                  token bytea NOT NULL, \
                  done boolean NOT NULL, \
-                 expires_at timestamptz NOT NULL)"
+                 expires_at timestamptz NOT NULL, \
+                 digest bytea)"
             )
             .into(),
             create_index: format!(r#"CREATE INDEX IF NOT EXISTS "{table}_expires_at_idx" ON {t} (expires_at)"#).into(),
+            add_digest: format!("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS digest bytea").into(),
             complete_event: format!(
                 "INSERT INTO {t} AS cur (event_id, token, done, expires_at) \
                  VALUES ($1, $2, true, now() + $3::bigint * interval '1 millisecond') \
@@ -165,6 +181,10 @@ impl Statements {
             )
             .into(),
             is_done: format!("SELECT EXISTS (SELECT 1 FROM {t} WHERE event_id = $1 AND token = $2 AND done)").into(),
+            attach_digest: format!(
+                "UPDATE {t} SET digest = COALESCE(digest, $3) WHERE event_id = $1 AND token = $2 AND done"
+            )
+            .into(),
         }
     }
 }
@@ -243,7 +263,8 @@ impl PostgresStore {
         &self.pool
     }
 
-    /// Creates the table and its index if they do not exist (the SQL is in
+    /// Creates the table and its index if they do not exist, and adds the
+    /// `digest` column to a table made by an earlier version (the SQL is in
     /// the [type docs](Self)). Safe to run from several instances at once: it
     /// holds a transaction-level advisory lock named after the table.
     ///
@@ -265,6 +286,23 @@ impl PostgresStore {
             .map_err(StoreError::backend)?;
         for statement in [&self.sql.create_table, &self.sql.create_index] {
             sqlx::query(AssertSqlSafe(Arc::clone(statement)))
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::backend)?;
+        }
+        // Checked first: ALTER TABLE needs the table's owner and an exclusive
+        // lock, even when the column exists.
+        let has_digest: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM information_schema.columns \
+             WHERE table_schema = COALESCE($1, current_schema()) AND table_name = $2 AND column_name = 'digest')",
+        )
+        .bind(self.schema.as_deref())
+        .bind(&*self.table)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(StoreError::backend)?;
+        if !has_digest {
+            sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.add_digest)))
                 .execute(&mut *tx)
                 .await
                 .map_err(StoreError::backend)?;
@@ -367,6 +405,32 @@ impl PostgresStore {
             .await
             .map_err(StoreError::backend)
     }
+
+    /// Like [`is_completed`](Self::is_completed), and stores `digest` on that
+    /// completed record if it has none: for a claim completed with
+    /// [`complete_event_in`](Self::complete_event_in), which has no body
+    /// digest, so that a later delivery of the id with another body is
+    /// still reported (see [the body digest](crate::store#the-body-digest)).
+    /// Returns whether the record of `lease`'s event is done with `lease`'s
+    /// token; a digest already stored is kept.
+    ///
+    /// ```sql
+    /// UPDATE t SET digest = COALESCE(digest, $3) WHERE event_id = $1 AND token = $2 AND done
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// Returns a [`StoreError`] if the statement fails.
+    pub async fn attach_digest(&self, lease: &Lease, digest: BodyDigest) -> Result<bool> {
+        let result = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.attach_digest)))
+            .bind(lease.event_id().as_str())
+            .bind(token_bytes(lease.token()).to_vec())
+            .bind(digest.as_bytes().to_vec())
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::backend)?;
+        Ok(result.rows_affected() == 1)
+    }
 }
 
 impl fmt::Debug for PostgresStore {
@@ -380,32 +444,24 @@ impl fmt::Debug for PostgresStore {
 
 #[async_trait]
 impl DedupStore for PostgresStore {
-    async fn claim(&self, event_id: &EventId, lease: Duration) -> Result<Claim> {
-        let token = LeaseToken::generate();
-        let (claimed, done, left_ms): (bool, bool, i64) = sqlx::query_as(AssertSqlSafe(Arc::clone(&self.sql.claim)))
-            .bind(event_id.as_str())
-            .bind(token_bytes(token).to_vec())
-            .bind(ttl_millis(lease))
-            .fetch_one(&self.pool)
-            .await
-            .map_err(StoreError::backend)?;
-        Ok(if claimed {
-            Claim::New(Lease::new(event_id.clone(), token))
-        } else if done {
-            Claim::Done
-        } else {
-            let left = Duration::from_millis(left_ms.max(0).unsigned_abs());
-            Claim::InFlight {
-                retry_after: Some(left),
-            }
-        })
+    async fn claim(&self, lease: &Lease, ttl: Duration) -> Result<Claim> {
+        let (ours, done, left_ms, digest): (bool, bool, i64, Option<Vec<u8>>) =
+            sqlx::query_as(AssertSqlSafe(Arc::clone(&self.sql.claim)))
+                .bind(lease.event_id().as_str())
+                .bind(token_bytes(lease.token()).to_vec())
+                .bind(ttl_millis(ttl))
+                .fetch_one(&self.pool)
+                .await
+                .map_err(StoreError::backend)?;
+        Ok(claim_answer(ours, done, left_ms, digest.as_deref()))
     }
 
-    async fn complete(&self, lease: &Lease, retain: Duration) -> Result<bool> {
+    async fn complete(&self, lease: &Lease, digest: BodyDigest, retain: Duration) -> Result<bool> {
         let result = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.complete)))
             .bind(lease.event_id().as_str())
             .bind(token_bytes(lease.token()).to_vec())
             .bind(ttl_millis(retain))
+            .bind(digest.as_bytes().to_vec())
             .execute(&self.pool)
             .await
             .map_err(StoreError::backend)?;

@@ -5,24 +5,28 @@ use std::{fmt, sync::Arc, time::Duration};
 use async_trait::async_trait;
 use redis::{Script, Value, aio::ConnectionManager};
 
-use super::{Claim, DedupStore, Lease, LeaseToken, Result, StoreError, ttl_millis};
+use super::{BodyDigest, Claim, DedupStore, Lease, LeaseToken, Result, StoreError, ttl_millis};
 use crate::EventId;
 
 /// Claims a key. KEYS[1] = the event's key, ARGV[1] = `i:<token>`,
 /// ARGV[2] = the lease in ms. Returns `1` if the key was free and is now
-/// claimed, otherwise `{value, pttl}` of the record that holds it.
+/// claimed, or is already claimed with that token; otherwise
+/// `{value, pttl}` of the record that holds it.
 const CLAIM: &str = r"
 local value = redis.call('GET', KEYS[1])
 if not value then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return 1
 end
+if value == ARGV[1] then
+  return 1
+end
 return {value, redis.call('PTTL', KEYS[1])}
 ";
 
 /// Completes a claim. KEYS[1] = the event's key, ARGV[1] = `i:<token>`,
-/// ARGV[2] = `d:<token>`, ARGV[3] = the retention in ms. Returns 1 if the
-/// claim was still held with that token.
+/// ARGV[2] = `d:<token>:<digest>`, ARGV[3] = the retention in ms. Returns 1
+/// if the claim was still held with that token.
 const COMPLETE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
@@ -48,10 +52,12 @@ return 0
 ///
 /// One string key per event, `<prefix><event id>` (the prefix defaults to
 /// [`DEFAULT_PREFIX`](Self::DEFAULT_PREFIX)), whose value is `i:<token>`
-/// while a delivery holds the claim and `d:<token>` once it completed. Redis
-/// expires the key with the lease, or with the retention once completed, so
-/// nothing needs cleaning up. Plan about 100 bytes of memory per retained
-/// event id.
+/// while a delivery holds the claim and `d:<token>:<digest>` once it
+/// completed (`<token>`: 32 hex digits; `<digest>`: the 64 hex digits of the
+/// processed body's [`BodyDigest`]). A value `d:<token>` written by an
+/// earlier version reads as `Claim::Done { digest: None }`. Redis expires
+/// the key with the lease, or with the retention once completed, so nothing
+/// needs cleaning up. Plan about 170 bytes of memory per retained event id.
 ///
 /// # Operations
 ///
@@ -59,10 +65,11 @@ return 0
 /// [`redis::Script`], which loads the script once after a server restart or a
 /// `SCRIPT FLUSH`), so it is **atomic and one round trip**:
 /// - `claim`: `GET`; if the key is missing, `SET key i:<token> PX <lease>`
-///   and answer [`Claim::New`]; otherwise answer [`Claim::Done`] or
-///   [`Claim::InFlight`] with the key's `PTTL`;
-/// - `complete`: if the value is still `i:<token>`, `SET key d:<token> PX
-///   <retain>`;
+///   and answer [`Claim::New`]; if it holds `i:<token>` with the caller's
+///   token, answer [`Claim::New`] too; otherwise answer [`Claim::Done`] (with
+///   the digest from the value) or [`Claim::InFlight`] with the key's `PTTL`;
+/// - `complete`: if the value is still `i:<token>`, `SET key
+///   d:<token>:<digest> PX <retain>`;
 /// - `release`: if the value is still `i:<token>`, `DEL key`.
 ///
 /// The event id only ever travels as a key argument, never inside the script
@@ -167,8 +174,17 @@ fn in_flight_value(token: LeaseToken) -> String {
     format!("i:{token}")
 }
 
-fn done_value(token: LeaseToken) -> String {
-    format!("d:{token}")
+fn done_value(token: LeaseToken, digest: BodyDigest) -> String {
+    format!("d:{token}:{digest}")
+}
+
+/// The digest in a completed record's value `d:<token>:<digest>`; `None`
+/// for a value without one (`d:<token>`, written by an earlier version).
+fn done_digest(value: &[u8]) -> Option<BodyDigest> {
+    let hex_digest = value.rsplit(|&b| b == b':').next().filter(|part| part.len() == 64)?;
+    let mut bytes = [0; 32];
+    hex::decode_to_slice(hex_digest, &mut bytes).ok()?;
+    Some(BodyDigest::from_bytes(bytes))
 }
 
 fn unexpected(what: &str, value: &Value) -> StoreError {
@@ -177,28 +193,29 @@ fn unexpected(what: &str, value: &Value) -> StoreError {
 
 #[async_trait]
 impl DedupStore for RedisStore {
-    async fn claim(&self, event_id: &EventId, lease: Duration) -> Result<Claim> {
-        let token = LeaseToken::generate();
+    async fn claim(&self, lease: &Lease, ttl: Duration) -> Result<Claim> {
         let mut connection = self.connection.clone();
         let answer: Value = self
             .scripts
             .claim
-            .key(self.key(event_id))
-            .arg(in_flight_value(token))
-            .arg(ttl_millis(lease))
+            .key(self.key(lease.event_id()))
+            .arg(in_flight_value(lease.token()))
+            .arg(ttl_millis(ttl))
             .invoke_async(&mut connection)
             .await
             .map_err(StoreError::backend)?;
         let Value::Array(record) = &answer else {
             return match answer {
-                Value::Int(1) => Ok(Claim::New(Lease::new(event_id.clone(), token))),
+                Value::Int(1) => Ok(Claim::New),
                 other => Err(unexpected("claim", &other)),
             };
         };
         match record.as_slice() {
             [Value::BulkString(value), Value::Int(pttl)] => {
                 if value.starts_with(b"d") {
-                    Ok(Claim::Done)
+                    Ok(Claim::Done {
+                        digest: done_digest(value),
+                    })
                 } else {
                     // -1: no expiry (set by someone else); -2: expired in between.
                     let retry_after = u64::try_from(*pttl).ok().map(Duration::from_millis);
@@ -209,14 +226,14 @@ impl DedupStore for RedisStore {
         }
     }
 
-    async fn complete(&self, lease: &Lease, retain: Duration) -> Result<bool> {
+    async fn complete(&self, lease: &Lease, digest: BodyDigest, retain: Duration) -> Result<bool> {
         let mut connection = self.connection.clone();
         let completed: i64 = self
             .scripts
             .complete
             .key(self.key(lease.event_id()))
             .arg(in_flight_value(lease.token()))
-            .arg(done_value(lease.token()))
+            .arg(done_value(lease.token(), digest))
             .arg(ttl_millis(retain))
             .invoke_async(&mut connection)
             .await
@@ -235,5 +252,19 @@ impl DedupStore for RedisStore {
             .await
             .map_err(StoreError::backend)?;
         Ok(released == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn done_values_carry_the_digest_when_there_is_one() {
+        let token = LeaseToken::from_u128(7);
+        let digest = BodyDigest::of(b"body");
+        assert_eq!(done_digest(done_value(token, digest).as_bytes()), Some(digest));
+        assert_eq!(done_digest(format!("d:{token}").as_bytes()), None);
+        assert_eq!(done_digest(b"d:"), None);
     }
 }

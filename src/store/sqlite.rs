@@ -15,9 +15,10 @@ use sqlx::{
 };
 
 use super::{
-    Claim, DedupStore, Lease, LeaseToken, Result, StoreError, sql::validate_identifier, token_bytes, ttl_millis,
+    BodyDigest, Claim, DedupStore, Lease, Result, StoreError, claim_answer, sql::validate_identifier, token_bytes,
+    ttl_millis,
 };
-use crate::{ConfigError, EventId};
+use crate::ConfigError;
 
 /// The embedded dedup store: one SQLite file, no server, survives restarts.
 ///
@@ -52,11 +53,17 @@ use crate::{ConfigError, EventId};
 ///     event_id   TEXT    PRIMARY KEY NOT NULL,  -- x-klikit-event-id, compared bytewise
 ///     token      BLOB    NOT NULL,              -- the claim's 16-byte lease token
 ///     done       INTEGER NOT NULL,              -- 0: in flight; 1: completed
-///     expires_at INTEGER NOT NULL               -- unix milliseconds
+///     expires_at INTEGER NOT NULL,              -- unix milliseconds
+///     digest     BLOB                           -- SHA-256 of the processed body, once completed
 /// ) WITHOUT ROWID;
 /// CREATE INDEX IF NOT EXISTS "klikit_webhook_dedup_expires_at_idx"
 ///     ON "klikit_webhook_dedup" (expires_at);
 /// ```
+///
+/// A table made by an earlier version, without `digest`, gets the column
+/// from [`migrate`](Self::migrate) (`ALTER TABLE ... ADD COLUMN digest BLOB`
+/// when `pragma_table_info` does not list it); its completed rows answer
+/// `Claim::Done { digest: None }`.
 ///
 /// # Operations
 ///
@@ -70,12 +77,13 @@ use crate::{ConfigError, EventId};
 /// ON CONFLICT (event_id) DO UPDATE SET
 ///     token      = CASE WHEN expires_at <= ?3 THEN excluded.token      ELSE token      END,
 ///     done       = CASE WHEN expires_at <= ?3 THEN 0                   ELSE done       END,
-///     expires_at = CASE WHEN expires_at <= ?3 THEN excluded.expires_at ELSE expires_at END
-/// RETURNING token = ?2, done, expires_at - ?3
+///     expires_at = CASE WHEN expires_at <= ?3 THEN excluded.expires_at ELSE expires_at END,
+///     digest     = CASE WHEN expires_at <= ?3 THEN NULL                ELSE digest     END
+/// RETURNING token = ?2, done, expires_at - ?3, digest
 /// ```
 ///
-/// `complete` and `release` are an `UPDATE` and a `DELETE` `WHERE event_id =
-/// ?1 AND token = ?2 AND NOT done`. [`cleanup`](Self::cleanup) deletes
+/// `complete` and `release` are an `UPDATE` (setting `done` and `digest`)
+/// and a `DELETE` `WHERE event_id = ?1 AND token = ?2 AND NOT done`. [`cleanup`](Self::cleanup) deletes
 /// expired rows in short batches (each a brief write), and
 /// [`spawn_cleanup`](Self::spawn_cleanup) runs it periodically.
 ///
@@ -106,6 +114,8 @@ struct Statements {
     cleanup: Arc<str>,
     create_table: Arc<str>,
     create_index: Arc<str>,
+    has_digest: Arc<str>,
+    add_digest: Arc<str>,
 }
 
 impl Statements {
@@ -118,12 +128,14 @@ impl Statements {
                  ON CONFLICT (event_id) DO UPDATE SET \
                  token = CASE WHEN {expired} THEN excluded.token ELSE token END, \
                  done = CASE WHEN {expired} THEN 0 ELSE done END, \
-                 expires_at = CASE WHEN {expired} THEN excluded.expires_at ELSE expires_at END \
-                 RETURNING token = ?2, done, expires_at - ?3"
+                 expires_at = CASE WHEN {expired} THEN excluded.expires_at ELSE expires_at END, \
+                 digest = CASE WHEN {expired} THEN NULL ELSE digest END \
+                 RETURNING token = ?2, done, expires_at - ?3, digest"
             )
             .into(),
             complete: format!(
-                "UPDATE {t} SET done = 1, expires_at = ?3 + ?4 WHERE event_id = ?1 AND token = ?2 AND done = 0"
+                "UPDATE {t} SET done = 1, expires_at = ?3 + ?4, digest = ?5 \
+                 WHERE event_id = ?1 AND token = ?2 AND done = 0"
             )
             .into(),
             release: format!("DELETE FROM {t} WHERE event_id = ?1 AND token = ?2 AND done = 0").into(),
@@ -137,10 +149,13 @@ impl Statements {
                  event_id TEXT PRIMARY KEY NOT NULL, \
                  token BLOB NOT NULL, \
                  done INTEGER NOT NULL, \
-                 expires_at INTEGER NOT NULL) WITHOUT ROWID"
+                 expires_at INTEGER NOT NULL, \
+                 digest BLOB) WITHOUT ROWID"
             )
             .into(),
             create_index: format!(r#"CREATE INDEX IF NOT EXISTS "{table}_expires_at_idx" ON {t} (expires_at)"#).into(),
+            has_digest: "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = 'digest'".into(),
+            add_digest: format!("ALTER TABLE {t} ADD COLUMN digest BLOB").into(),
         }
     }
 }
@@ -243,7 +258,8 @@ impl SqliteStore {
     }
 
     /// Creates the table and its index if they do not exist (the SQL is in
-    /// the [type docs](Self)).
+    /// the [type docs](Self)), and adds the `digest` column to a table made
+    /// by an earlier version.
     ///
     /// # Errors
     ///
@@ -255,7 +271,27 @@ impl SqliteStore {
                 .await
                 .map_err(StoreError::backend)?;
         }
+        if !self.has_digest_column().await? {
+            let added = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.add_digest)))
+                .execute(&self.pool)
+                .await;
+            // Another process may have added it in between.
+            if let Err(error) = added
+                && !self.has_digest_column().await?
+            {
+                return Err(StoreError::backend(error));
+            }
+        }
         Ok(())
+    }
+
+    async fn has_digest_column(&self) -> Result<bool> {
+        let count: i64 = sqlx::query_scalar(AssertSqlSafe(Arc::clone(&self.sql.has_digest)))
+            .bind(&*self.table)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(StoreError::backend)?;
+        Ok(count > 0)
     }
 
     /// Deletes every expired row, [`CLEANUP_BATCH`](Self::CLEANUP_BATCH) rows
@@ -302,34 +338,26 @@ impl fmt::Debug for SqliteStore {
 
 #[async_trait]
 impl DedupStore for SqliteStore {
-    async fn claim(&self, event_id: &EventId, lease: Duration) -> Result<Claim> {
-        let token = LeaseToken::generate();
-        let (claimed, done, left_ms): (bool, bool, i64) = sqlx::query_as(AssertSqlSafe(Arc::clone(&self.sql.claim)))
-            .bind(event_id.as_str())
-            .bind(token_bytes(token).to_vec())
-            .bind(now_millis())
-            .bind(ttl_millis(lease))
-            .fetch_one(&self.pool)
-            .await
-            .map_err(StoreError::backend)?;
-        Ok(if claimed {
-            Claim::New(Lease::new(event_id.clone(), token))
-        } else if done {
-            Claim::Done
-        } else {
-            let left = Duration::from_millis(left_ms.max(0).unsigned_abs());
-            Claim::InFlight {
-                retry_after: Some(left),
-            }
-        })
+    async fn claim(&self, lease: &Lease, ttl: Duration) -> Result<Claim> {
+        let (ours, done, left_ms, digest): (bool, bool, i64, Option<Vec<u8>>) =
+            sqlx::query_as(AssertSqlSafe(Arc::clone(&self.sql.claim)))
+                .bind(lease.event_id().as_str())
+                .bind(token_bytes(lease.token()).to_vec())
+                .bind(now_millis())
+                .bind(ttl_millis(ttl))
+                .fetch_one(&self.pool)
+                .await
+                .map_err(StoreError::backend)?;
+        Ok(claim_answer(ours, done, left_ms, digest.as_deref()))
     }
 
-    async fn complete(&self, lease: &Lease, retain: Duration) -> Result<bool> {
+    async fn complete(&self, lease: &Lease, digest: BodyDigest, retain: Duration) -> Result<bool> {
         let result = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.complete)))
             .bind(lease.event_id().as_str())
             .bind(token_bytes(lease.token()).to_vec())
             .bind(now_millis())
             .bind(ttl_millis(retain))
+            .bind(digest.as_bytes().to_vec())
             .execute(&self.pool)
             .await
             .map_err(StoreError::backend)?;

@@ -46,7 +46,7 @@ use async_trait::async_trait;
 
 use crate::{
     EventId,
-    store::{Claim, DedupStore, Lease, LeaseToken},
+    store::{BodyDigest, Claim, DedupStore, Lease, LeaseToken},
 };
 
 /// The lease and retention used by the expiry behaviours.
@@ -55,6 +55,9 @@ pub const SHORT: Duration = Duration::from_millis(200);
 pub const PAST_SHORT: Duration = Duration::from_millis(350);
 /// The lease used where nothing should expire during the test.
 pub const LONG: Duration = Duration::from_secs(60);
+/// How long the zero-duration behaviour sleeps to see a zero lease or
+/// retention (1 ms in the persistent stores) expire.
+pub const PAST_ZERO: Duration = Duration::from_millis(50);
 
 /// Opens stores for the suite.
 ///
@@ -101,25 +104,30 @@ fn id(s: &str) -> EventId {
     }
 }
 
-async fn claim<S: DedupStore + ?Sized>(store: &S, event_id: &EventId, lease: Duration) -> Claim {
-    match store.claim(event_id, lease).await {
+/// The digest the suite completes `event_id` with: one per id, so that a
+/// store that mixes up records answers with another id's digest.
+fn digest_for(event_id: &EventId) -> BodyDigest {
+    BodyDigest::of(event_id.as_str().as_bytes())
+}
+
+async fn claim<S: DedupStore + ?Sized>(store: &S, lease: &Lease, ttl: Duration) -> Claim {
+    match store.claim(lease, ttl).await {
         Ok(claim) => claim,
-        Err(error) => panic!("claim({event_id:?}) failed: {error:?}"),
+        Err(error) => panic!("claim({:?}) failed: {error:?}", lease.event_id()),
     }
 }
 
-async fn claim_new<S: DedupStore + ?Sized>(store: &S, event_id: &EventId, lease: Duration) -> Lease {
-    match claim(store, event_id, lease).await {
-        Claim::New(lease) => {
-            assert_eq!(lease.event_id(), event_id, "the lease names another event id");
-            lease
-        }
+/// Claims `event_id` with a fresh lease and expects `New`.
+async fn claim_new<S: DedupStore + ?Sized>(store: &S, event_id: &EventId, ttl: Duration) -> Lease {
+    let lease = Lease::generate(event_id.clone());
+    match claim(store, &lease, ttl).await {
+        Claim::New => lease,
         other => panic!("claim({event_id:?}) on an unclaimed id answered {other:?}, expected New"),
     }
 }
 
 async fn assert_in_flight<S: DedupStore + ?Sized>(store: &S, event_id: &EventId, lease: Duration) {
-    match claim(store, event_id, LONG).await {
+    match claim(store, &Lease::generate(event_id.clone()), LONG).await {
         Claim::InFlight { retry_after } => {
             if let Some(left) = retry_after {
                 assert!(
@@ -132,13 +140,22 @@ async fn assert_in_flight<S: DedupStore + ?Sized>(store: &S, event_id: &EventId,
     }
 }
 
+/// A claim with a fresh lease answers `Done` with the digest the suite
+/// completed `event_id` with.
 async fn assert_done<S: DedupStore + ?Sized>(store: &S, event_id: &EventId) {
-    let answer = claim(store, event_id, LONG).await;
-    assert_eq!(answer, Claim::Done, "claim({event_id:?}) after completion");
+    let answer = claim(store, &Lease::generate(event_id.clone()), LONG).await;
+    assert_eq!(
+        answer,
+        Claim::Done {
+            digest: Some(digest_for(event_id))
+        },
+        "claim({event_id:?}) after completion"
+    );
 }
 
+/// Completes `lease` with [`digest_for`] its event id.
 async fn complete<S: DedupStore + ?Sized>(store: &S, lease: &Lease, retain: Duration) -> bool {
-    match store.complete(lease, retain).await {
+    match store.complete(lease, digest_for(lease.event_id()), retain).await {
         Ok(done) => done,
         Err(error) => panic!("complete({:?}) failed: {error:?}", lease.event_id()),
     }
@@ -294,18 +311,18 @@ pub async fn concurrent_claims_have_one_winner<F: StoreFactory>(factory: &F) {
         } else {
             Arc::clone(&second)
         };
-        let (event, barrier) = (event.clone(), Arc::clone(&barrier));
+        let (lease, barrier) = (Lease::generate(event.clone()), Arc::clone(&barrier));
         tasks.spawn(async move {
             barrier.wait().await;
-            store.claim(&event, LONG).await
+            store.claim(&lease, LONG).await.map(|claim| (lease, claim))
         });
     }
     let (mut new, mut in_flight) = (Vec::new(), 0);
     while let Some(joined) = tasks.join_next().await {
         match joined {
-            Ok(Ok(Claim::New(lease))) => new.push(lease),
-            Ok(Ok(Claim::InFlight { .. })) => in_flight += 1,
-            Ok(Ok(Claim::Done)) => panic!("a concurrent claim of an unfinished event answered Done"),
+            Ok(Ok((lease, Claim::New))) => new.push(lease),
+            Ok(Ok((_, Claim::InFlight { .. }))) => in_flight += 1,
+            Ok(Ok((_, Claim::Done { .. }))) => panic!("a concurrent claim of an unfinished event answered Done"),
             Ok(Err(error)) => panic!("a concurrent claim failed: {error:?}"),
             Err(error) => panic!("a claiming task panicked: {error}"),
         }
@@ -437,14 +454,36 @@ pub async fn odd_ids_do_not_collide<F: StoreFactory>(factory: &F) {
 
 /// Zero and enormous durations are accepted (stores clamp them to what the
 /// backend can represent) and do not fail.
+///
+/// A zero lease is a claim that has already expired: it answers `New`, and
+/// shortly afterwards (a zero lease is 1 ms in the persistent stores) the
+/// next claim by anyone wins the event, after which the zero lease can
+/// neither release nor complete it. A zero retention forgets the completed
+/// event just as soon. `Duration::MAX` holds the claim and the record.
 pub async fn extreme_durations_are_accepted<F: StoreFactory>(factory: &F) {
     let ns = namespace();
     let store = factory.open(&ns).await;
     let zero = id("evt-zero");
-    if let Claim::New(lease) = claim(&store, &zero, Duration::ZERO).await {
-        // Whether a zero lease can still be completed is the store's choice.
-        let _ = complete(&store, &lease, Duration::ZERO).await;
-    }
+    let zero_lease = claim_new(&store, &zero, Duration::ZERO).await;
+    tokio::time::sleep(PAST_ZERO).await;
+    let taken_over = claim_new(&store, &zero, LONG).await;
+    assert!(
+        !release(&store, &zero_lease).await,
+        "a zero lease released the claim that took it over"
+    );
+    assert!(
+        !complete(&store, &zero_lease, LONG).await,
+        "a zero lease completed the claim that took it over"
+    );
+    assert_in_flight(&store, &zero, LONG).await;
+    assert!(
+        complete(&store, &taken_over, Duration::ZERO).await,
+        "complete with a zero retention"
+    );
+    tokio::time::sleep(PAST_ZERO).await;
+    let again = claim_new(&store, &zero, LONG).await;
+    assert!(release(&store, &again).await, "release after a zero retention ran out");
+
     let huge = id("evt-huge");
     let lease = claim_new(&store, &huge, Duration::MAX).await;
     assert_in_flight(&store, &huge, Duration::MAX).await;
@@ -453,6 +492,106 @@ pub async fn extreme_durations_are_accepted<F: StoreFactory>(factory: &F) {
         "complete with Duration::MAX"
     );
     assert_done(&store, &huge).await;
+    factory.cleanup(&ns).await;
+}
+
+/// The claim is stored with the caller's token: that lease, and only that
+/// lease, releases or completes it. Claiming again with the lease that holds
+/// the claim answers `New` and keeps it held; any other lease gets
+/// `InFlight`. A claim with the completing lease's own token, after
+/// completion, is `Done`.
+pub async fn claim_holds_the_callers_token<F: StoreFactory>(factory: &F) {
+    let ns = namespace();
+    let store = factory.open(&ns).await;
+    let event = id("evt-callers-token");
+    let lease = Lease::new(event.clone(), LeaseToken::generate());
+    assert_eq!(
+        claim(&store, &lease, LONG).await,
+        Claim::New,
+        "claim with the caller's lease"
+    );
+    let stranger = Lease::generate(event.clone());
+    assert!(!release(&store, &stranger).await, "another token released the claim");
+    assert!(
+        !complete(&store, &stranger, LONG).await,
+        "another token completed the claim"
+    );
+    assert_eq!(
+        claim(&store, &lease, LONG).await,
+        Claim::New,
+        "claim again with the lease that holds the claim"
+    );
+    assert_in_flight(&store, &event, LONG).await;
+    assert!(release(&store, &lease).await, "release with the caller's lease");
+
+    let second = claim_new(&store, &event, LONG).await;
+    assert!(
+        complete(&store, &second, LONG).await,
+        "complete with the caller's lease"
+    );
+    assert_eq!(
+        claim(&store, &second, LONG).await,
+        Claim::Done {
+            digest: Some(digest_for(&event))
+        },
+        "claim with the completing lease after completion"
+    );
+    assert_done(&store, &event).await;
+    factory.cleanup(&ns).await;
+}
+
+/// What the layer does with a claim it stopped waiting for (its store
+/// timeout, or a dropped request): it releases the claim's lease, maybe
+/// before the claim landed and again after. A release before the claim
+/// lands changes nothing (`false`); once the claim has landed, the release
+/// removes it (`true`) and the next claim by anyone is `New`.
+pub async fn release_of_a_late_claim_frees_the_event<F: StoreFactory>(factory: &F) {
+    let ns = namespace();
+    let store = factory.open(&ns).await;
+    let event = id("evt-late-claim");
+    let abandoned = Lease::generate(event.clone());
+    assert!(
+        !release(&store, &abandoned).await,
+        "released a claim that had not landed yet"
+    );
+    // The claim lands after the first release; nobody waits for its answer.
+    assert_eq!(claim(&store, &abandoned, LONG).await, Claim::New, "the late claim");
+    assert_in_flight(&store, &event, LONG).await;
+    assert!(release(&store, &abandoned).await, "release of the landed late claim");
+    assert!(!release(&store, &abandoned).await, "second release of the late claim");
+    let retry = claim_new(&store, &event, LONG).await;
+    assert!(complete(&store, &retry, LONG).await, "complete the retry's claim");
+    assert!(
+        !release(&store, &abandoned).await,
+        "the late claim's lease released a completed event"
+    );
+    assert_done(&store, &event).await;
+    factory.cleanup(&ns).await;
+}
+
+/// `complete` stores the digest it is given with the event: every later
+/// claim answers `Done` with that digest, each event its own.
+pub async fn done_carries_the_digest<F: StoreFactory>(factory: &F) {
+    let ns = namespace();
+    let store = factory.open(&ns).await;
+    let (first, second) = (id("evt-digest-a"), id("evt-digest-b"));
+    let body_a = BodyDigest::of(br#"{"orders":[{"id":1}]}"#);
+    let body_b = BodyDigest::of(br#"{"orders":[{"id":2}]}"#);
+    let lease_a = claim_new(&store, &first, LONG).await;
+    let lease_b = claim_new(&store, &second, LONG).await;
+    for (lease, digest) in [(&lease_b, body_b), (&lease_a, body_a)] {
+        match store.complete(lease, digest, LONG).await {
+            Ok(completed) => assert!(completed, "complete {:?}", lease.event_id()),
+            Err(error) => panic!("complete({:?}) failed: {error:?}", lease.event_id()),
+        }
+    }
+    for (event, digest) in [(&first, body_a), (&second, body_b), (&first, body_a)] {
+        assert_eq!(
+            claim(&store, &Lease::generate(event.clone()), LONG).await,
+            Claim::Done { digest: Some(digest) },
+            "claim({event:?}) after completion with its digest"
+        );
+    }
     factory.cleanup(&ns).await;
 }
 
@@ -472,6 +611,9 @@ pub async fn run_all<F: StoreFactory>(factory: &F) {
     reopening_keeps_records(factory).await;
     odd_ids_do_not_collide(factory).await;
     extreme_durations_are_accepted(factory).await;
+    claim_holds_the_callers_token(factory).await;
+    release_of_a_late_claim_frees_the_event(factory).await;
+    done_carries_the_digest(factory).await;
 }
 
 /// Expands to one `#[tokio::test]` per behaviour of the
@@ -497,6 +639,9 @@ macro_rules! dedup_store_tests {
             reopening_keeps_records,
             odd_ids_do_not_collide,
             extreme_durations_are_accepted,
+            claim_holds_the_callers_token,
+            release_of_a_late_claim_frees_the_event,
+            done_carries_the_digest,
         );
     };
     (@tests $factory:expr; $($behaviour:ident,)+) => {

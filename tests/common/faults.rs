@@ -26,8 +26,8 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 use klikit_webhook::{
-    DedupStore, EventId, StoreError,
-    store::{Claim, Lease},
+    DedupStore, StoreError,
+    store::{BodyDigest, Claim, Lease},
     testing::{WEBHOOK_PATH, signed_request},
 };
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
@@ -208,18 +208,18 @@ impl<S> Recording<S> {
 
 #[async_trait]
 impl<S: DedupStore> DedupStore for Recording<S> {
-    async fn claim(&self, event_id: &EventId, lease: Duration) -> Result<Claim, StoreError> {
-        let result = self.inner.claim(event_id, lease).await;
+    async fn claim(&self, lease: &Lease, ttl: Duration) -> Result<Claim, StoreError> {
+        let result = self.inner.claim(lease, ttl).await;
         if result.is_err() {
             self.log.lock().unwrap().claim_errors += 1;
         }
         result
     }
 
-    async fn complete(&self, lease: &Lease, retain: Duration) -> Result<bool, StoreError> {
+    async fn complete(&self, lease: &Lease, digest: BodyDigest, retain: Duration) -> Result<bool, StoreError> {
         let id = lease.event_id().to_string();
         *self.complete_started.lock().unwrap().entry(id.clone()).or_default() += 1;
-        let result = self.inner.complete(lease, retain).await;
+        let result = self.inner.complete(lease, digest, retain).await;
         let mut log = self.log.lock().unwrap();
         match &result {
             Ok(true) => *log.completed.entry(id).or_default() += 1,

@@ -40,8 +40,8 @@ use futures_util::future::BoxFuture;
 use http_body_util::BodyExt;
 use klikit_handoff::postgres::{OutboxError, OutboxWorker, PostgresOutbox, ProcessError, receive};
 use klikit_webhook::{
-    ConfigError, EventType, KlikitEvent, KlikitWebhookLayer, PostgresStore, WebhookSecret,
-    store::{Claim, DedupStore},
+    ConfigError, EventId, EventType, KlikitEvent, KlikitWebhookLayer, PostgresStore, WebhookSecret,
+    store::{BodyDigest, Claim, DedupStore, Lease},
     testing::{WEBHOOK_PATH, signed_request},
 };
 use sqlx::{AssertSqlSafe, PgPool, postgres::PgPoolOptions};
@@ -221,24 +221,34 @@ async fn handler_completion_and_layer_completion_agree() {
     with_cleanup(&pool, &[&dedup, &table], async move {
         let (store, outbox) = store_and_outbox(&db, &d, &t).await;
         let layer_store = outbox.dedup_store().expect("dedup store");
-        let id = "evt-1".parse().expect("id");
-        let Claim::New(lease) = layer_store.claim(&id, Duration::from_secs(30)).await.expect("claim") else {
-            panic!("first claim is new");
-        };
+        let id: EventId = "evt-1".parse().expect("id");
+        let lease = Lease::generate(id.clone());
+        let digest = BodyDigest::of(order_body(1).as_bytes());
+        assert_eq!(
+            layer_store.claim(&lease, Duration::from_secs(30)).await.expect("claim"),
+            Claim::New,
+            "first claim is new"
+        );
         assert!(outbox.enqueue(&event("evt-1", order_body(1))).await.expect("enqueue"));
         // Done in the handler's transaction: a retry is a duplicate now.
         assert_eq!(
-            store.claim(&id, Duration::from_secs(30)).await.expect("claim"),
-            Claim::Done
+            store
+                .claim(&Lease::generate(id.clone()), Duration::from_secs(30))
+                .await
+                .expect("claim"),
+            Claim::Done { digest: None }
         );
         assert!(store.is_completed(&lease).await.expect("is_completed"));
         assert!(
-            !store.complete(&lease, Duration::from_secs(60)).await.expect("complete"),
+            !store
+                .complete(&lease, digest, Duration::from_secs(60))
+                .await
+                .expect("complete"),
             "the bare store's complete only acts on a claim not yet done"
         );
         assert!(
             layer_store
-                .complete(&lease, Duration::from_secs(60))
+                .complete(&lease, digest, Duration::from_secs(60))
                 .await
                 .expect("complete")
         );
@@ -247,34 +257,44 @@ async fn handler_completion_and_layer_completion_agree() {
             "release keeps it done"
         );
         assert_eq!(
-            store.claim(&id, Duration::from_secs(30)).await.expect("claim"),
-            Claim::Done
+            store
+                .claim(&Lease::generate(id.clone()), Duration::from_secs(30))
+                .await
+                .expect("claim"),
+            Claim::Done { digest: Some(digest) },
+            "the layer's completion stored the body's digest on the record the transaction completed"
         );
 
         // A lease that expired and was taken over stays stale.
-        let other = "evt-2".parse().expect("id");
-        let Claim::New(stale) = layer_store
-            .claim(&other, Duration::from_millis(1))
-            .await
-            .expect("claim")
-        else {
-            panic!("new");
-        };
+        let other: EventId = "evt-2".parse().expect("id");
+        let stale = Lease::generate(other.clone());
+        assert_eq!(
+            layer_store
+                .claim(&stale, Duration::from_millis(1))
+                .await
+                .expect("claim"),
+            Claim::New,
+            "new"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let Claim::New(fresh) = layer_store.claim(&other, Duration::from_secs(30)).await.expect("claim") else {
-            panic!("expired lease taken over");
-        };
+        let fresh = Lease::generate(other.clone());
+        assert_eq!(
+            layer_store.claim(&fresh, Duration::from_secs(30)).await.expect("claim"),
+            Claim::New,
+            "expired lease taken over"
+        );
         assert!(outbox.enqueue(&event("evt-2", order_body(2))).await.expect("enqueue"));
+        let digest = BodyDigest::of(order_body(2).as_bytes());
         assert!(
             !layer_store
-                .complete(&stale, Duration::from_secs(60))
+                .complete(&stale, digest, Duration::from_secs(60))
                 .await
                 .expect("complete")
         );
         assert!(!layer_store.release(&stale).await.expect("release"));
         assert!(
             layer_store
-                .complete(&fresh, Duration::from_secs(60))
+                .complete(&fresh, digest, Duration::from_secs(60))
                 .await
                 .expect("complete")
         );

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use klikit_webhook::{
-    EventId, PostgresStore,
-    store::{Claim, DedupStore, Lease},
+    PostgresStore,
+    store::{BodyDigest, Claim, DedupStore, Lease},
 };
 
 /// The layer's store when the handler completes claims in its outbox
@@ -18,8 +18,10 @@ use klikit_webhook::{
 /// this very claim", not "the lease expired and was taken over", so the layer
 /// logs no misleading warning:
 ///
-/// - after a 2xx, the layer's `complete` finds its claim done: success, and
-///   nothing changes;
+/// - after a 2xx, the layer's `complete` finds its claim done: success; the
+///   body's digest is stored on that record
+///   ([`PostgresStore::attach_digest`]), since the handler's transaction
+///   completed it without one;
 /// - after a non-2xx answer *following* a committed enqueue (the handler
 ///   failed after the commit), the layer's `release` finds its claim done:
 ///   the claim is **not** released (the event is queued; Klikit's retry is
@@ -49,15 +51,20 @@ impl OutboxDedupStore {
 
 #[async_trait]
 impl DedupStore for OutboxDedupStore {
-    async fn claim(&self, event_id: &EventId, lease: Duration) -> klikit_webhook::store::Result<Claim> {
-        self.store.claim(event_id, lease).await
+    async fn claim(&self, lease: &Lease, ttl: Duration) -> klikit_webhook::store::Result<Claim> {
+        self.store.claim(lease, ttl).await
     }
 
-    async fn complete(&self, lease: &Lease, retain: Duration) -> klikit_webhook::store::Result<bool> {
-        if self.store.complete(lease, retain).await? {
+    async fn complete(
+        &self,
+        lease: &Lease,
+        digest: BodyDigest,
+        retain: Duration,
+    ) -> klikit_webhook::store::Result<bool> {
+        if self.store.complete(lease, digest, retain).await? {
             return Ok(true);
         }
-        let done = self.store.is_completed(lease).await?;
+        let done = self.store.attach_digest(lease, digest).await?;
         if done {
             tracing::trace!("claim already completed by the handler's outbox transaction");
         }

@@ -5,8 +5,9 @@
 //! `x-klikit-signature` (hex HMAC-SHA256 of the raw bytes) in constant time,
 //! deduplicates on `x-klikit-event-id` with a two-phase claim in a pluggable
 //! [`DedupStore`], and hands the handler a typed [`KlikitEvent`]. Handlers only
-//! ever see authenticated, unique events, and an event whose handler failed is
-//! processed again on Klikit's retry.
+//! see authenticated events, each at most once while the store answers (the
+//! exact limits are under [What is guaranteed, exactly](#what-is-guaranteed-exactly)),
+//! and an event whose handler failed is processed again on Klikit's retry.
 //!
 //! # Quick start
 //!
@@ -135,6 +136,52 @@
 //! lease (counted from the claim) would have ended; at most
 //! [`MAX_BACKGROUND_TASKS`](KlikitWebhookLayer::MAX_BACKGROUND_TASKS) such
 //! tasks run at once.
+//!
+//! # What is guaranteed, exactly
+//!
+//! Under the default [`StoreFailurePolicy::FailClosed`], with every instance
+//! of the receiver sharing one store:
+//!
+//! - **At most once while the store answers.** For one event id, within the
+//!   retention (24 h by default), the handler runs at most once, as long as
+//!   the store answers the claim and the completion within the lease (60 s by
+//!   default, counted from the claim). A concurrent copy gets 409 with
+//!   `Retry-After`; a later copy gets `200 {"status":"duplicate-ignored"}`.
+//! - **When it can run again.** Only (a) if the handler answered 2xx but the
+//!   store stayed unreachable for the whole lease, so the completion could not
+//!   be recorded (the layer retries it in the background until the lease
+//!   ends, then logs at `ERROR`), and a copy arrives after that; or (b) if the
+//!   handler was cancelled part-way (the connection dropped, the process was
+//!   killed, the handler panicked) after doing some of its work: the claim is
+//!   released, or expires, and Klikit's retry runs the handler again. Case (b)
+//!   is **at-least-once**: make the handler's effects idempotent (order id plus
+//!   `updated_at`), or hand the event to a durable queue whose enqueue is
+//!   idempotent on the event id (crate `klikit-handoff`: the Postgres outbox
+//!   enqueues and records the completion in one transaction; JetStream
+//!   deduplicates on `Nats-Msg-Id`).
+//! - **Nothing is lost by the layer.** Every refusal is a non-2xx answer,
+//!   which Klikit retries, and a handler that fails releases its claim, so the
+//!   retry runs it. What a handler acknowledged with 2xx before its work was
+//!   durable (an in-memory queue, as the reference receiver's) is lost if the
+//!   process dies in between: the layer cannot see past the 2xx.
+//! - **Past the retention** the id is forgotten and a copy is processed again.
+//! - [`StoreFailurePolicy::FailOpen`] gives up "at most once" while the store
+//!   fails: every copy then reaches the handler.
+//!
+//! **Id suppression (today's contract).** The event id header is not signed.
+//! Someone holding one captured, signed body can send it under an id Klikit
+//! has not used yet; when Klikit later delivers a real event under that id,
+//! the layer answers `duplicate-ignored` and the real event is not processed.
+//! The layer keeps a SHA-256 digest of each processed body with its id, and a
+//! copy whose body differs is still answered as a duplicate (so Klikit stops
+//! retrying) but logged at `WARN` and counted under its own outcome,
+//! `duplicate_body_mismatch`, so an operator sees it. The attack needs the
+//! future id: ids that cannot be guessed (UUIDs, as Klikit's test deliveries
+//! use) make it impractical, and
+//! [`with_signature_dedup`](KlikitWebhookLayer::with_signature_dedup) also
+//! refuses a known body under a new id, which narrows replays further. Under
+//! [`KlikitV1`](scheme::KlikitV1) the id is read from the signed body, so the
+//! hole is closed.
 //!
 //! # Other stacks
 //!

@@ -3,10 +3,11 @@
 use http::{HeaderMap, HeaderName};
 
 use super::{
-    Delivery, Outgoing, Scheme, Signatures, event_id_header, event_type_header, insert_headers, single_header,
+    Delivery, Outgoing, Scheme, Signatures, insert_headers, single_event_id_header, single_event_type_header,
+    single_header,
 };
 use crate::{
-    InvalidEventId, RejectionKind, WebhookSecret,
+    RejectionKind, WebhookSecret,
     signature::{SIGNATURE_HEX_LEN, parse_signature, sign},
 };
 
@@ -80,17 +81,8 @@ impl Scheme for Klikit {
 
     fn parse(&self, headers: &HeaderMap) -> Result<Delivery, RejectionKind> {
         let signature = single_header(headers, &SIGNATURE, SIGNATURE_HEADER)?;
-        let id = single_header(headers, &EVENT_ID, EVENT_ID_HEADER).map_err(|kind| match kind {
-            // Two ids (or a proxy's comma-joined pair) are an ambiguous id.
-            RejectionKind::InvalidHeader(header) => RejectionKind::InvalidEventId {
-                header,
-                error: InvalidEventId::Ambiguous,
-            },
-            other => other,
-        })?;
-        let event_type = single_header(headers, &EVENT_TYPE, EVENT_TYPE_HEADER)?;
-        let id = event_id_header(id, EVENT_ID_HEADER)?;
-        let event_type = event_type_header(event_type, EVENT_TYPE_HEADER)?;
+        let id = single_event_id_header(headers, &EVENT_ID, EVENT_ID_HEADER)?;
+        let event_type = single_event_type_header(headers, &EVENT_TYPE, EVENT_TYPE_HEADER)?;
         let signatures = parse_signature(signature.as_bytes()).map(Signatures::one);
         Ok(Delivery::new(id, event_type, signatures))
     }

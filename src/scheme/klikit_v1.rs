@@ -8,11 +8,11 @@ use http::{HeaderMap, HeaderName};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use super::{
-    DEFAULT_TOLERANCE, Delivery, MAX_SIGNATURES, Outgoing, Scheme, Signatures, check_tolerance, event_id_header,
-    event_type_header, insert_headers, single_header,
+    Delivery, MAX_SIGNATURES, Outgoing, Scheme, Signatures, check_within, insert_headers, single_event_id_header,
+    single_event_type_header, single_header,
 };
 use crate::{
-    EventId, InvalidEventId, RejectionKind, WebhookSecret,
+    EventId, RejectionKind, WebhookSecret,
     signature::{SignatureError, mac_parts, parse_signature},
 };
 
@@ -38,7 +38,7 @@ static WEBHOOK_ID: HeaderName = HeaderName::from_static(WEBHOOK_ID_HEADER);
 ///   64 hex digits make the header malformed: 401 once the body is read.
 ///   Spaces around the pairs are allowed.
 /// - The timestamp must be within the tolerance of the receiver's clock
-///   (default [`DEFAULT_TOLERANCE`], 300 s, in both directions), otherwise
+///   (default [`DEFAULT_TOLERANCE`](super::DEFAULT_TOLERANCE), 300 s, in both directions), otherwise
 ///   401 `{"error":"timestamp outside the tolerance"}` (checked after the
 ///   signature, so only a genuine delivery learns that).
 /// - `X-Klikit-Event-Id`: the event id. **The signed body's top-level
@@ -80,12 +80,6 @@ pub struct KlikitV1 {
     tolerance: Option<Duration>,
 }
 
-impl Default for KlikitV1 {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl KlikitV1 {
     /// Header that carries `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`
     /// (the same name as today's contract; the value tells them apart).
@@ -96,41 +90,9 @@ impl KlikitV1 {
     pub const EVENT_TYPE_HEADER: &'static str = EVENT_TYPE_HEADER;
     /// Header that names the webhook subscription.
     pub const WEBHOOK_ID_HEADER: &'static str = WEBHOOK_ID_HEADER;
-
-    /// The scheme, with the default tolerance of 300 s.
-    pub const fn new() -> Self {
-        Self {
-            tolerance: Some(DEFAULT_TOLERANCE),
-        }
-    }
-
-    /// Accepts signed timestamps up to `tolerance` before or after the
-    /// receiver's clock (default [`DEFAULT_TOLERANCE`]). Klikit's contract
-    /// requires at most 5 minutes in the past; widen it only for a sender
-    /// whose clock you know is off.
-    #[must_use]
-    pub const fn with_tolerance(mut self, tolerance: Duration) -> Self {
-        self.tolerance = Some(tolerance);
-        self
-    }
-
-    /// Does not check the timestamp at all: a delivery verifies for ever.
-    ///
-    /// **For tests and for reprocessing stored deliveries only** (with
-    /// [`verify_delivery`](super::verify_delivery), or a layer on a private
-    /// route); on a public route it turns off the replay protection the
-    /// contract requires. The signature still covers the timestamp.
-    #[must_use]
-    pub const fn ignoring_timestamp(mut self) -> Self {
-        self.tolerance = None;
-        self
-    }
-
-    /// The tolerance, or `None` if the timestamp is ignored.
-    pub const fn tolerance(&self) -> Option<Duration> {
-        self.tolerance
-    }
 }
+
+super::timestamp::timestamped_scheme_builder!(KlikitV1);
 
 impl Scheme for KlikitV1 {
     fn name(&self) -> &'static str {
@@ -155,16 +117,8 @@ impl Scheme for KlikitV1 {
 
     fn parse(&self, headers: &HeaderMap) -> Result<Delivery, RejectionKind> {
         let signature = single_header(headers, &SIGNATURE, SIGNATURE_HEADER)?;
-        let id = single_header(headers, &EVENT_ID, EVENT_ID_HEADER).map_err(|kind| match kind {
-            RejectionKind::InvalidHeader(header) => RejectionKind::InvalidEventId {
-                header,
-                error: InvalidEventId::Ambiguous,
-            },
-            other => other,
-        })?;
-        let event_type = single_header(headers, &EVENT_TYPE, EVENT_TYPE_HEADER)?;
-        let id = event_id_header(id, EVENT_ID_HEADER)?;
-        let event_type = event_type_header(event_type, EVENT_TYPE_HEADER)?;
+        let id = single_event_id_header(headers, &EVENT_ID, EVENT_ID_HEADER)?;
+        let event_type = single_event_type_header(headers, &EVENT_TYPE, EVENT_TYPE_HEADER)?;
         let subscription = match headers.get(&WEBHOOK_ID) {
             None => None,
             Some(_) => Some(
@@ -188,15 +142,7 @@ impl Scheme for KlikitV1 {
     }
 
     fn check_timestamp(&self, delivery: &Delivery, now: SystemTime) -> Result<(), RejectionKind> {
-        match (self.tolerance, delivery.timestamp()) {
-            (Some(tolerance), Some(timestamp)) => {
-                check_tolerance(timestamp, now, tolerance).map_err(RejectionKind::TimestampOutOfTolerance)
-            }
-            // A delivery parsed by this scheme with a signature that
-            // verified always has a timestamp.
-            (Some(_), None) => Err(RejectionKind::InvalidSignature(SignatureError::Malformed)),
-            (None, _) => Ok(()),
-        }
+        check_within(self.tolerance, delivery, now)
     }
 
     fn verified_event_id(&self, delivery: &Delivery, body: &Bytes) -> Result<EventId, RejectionKind> {

@@ -7,11 +7,11 @@ use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 use http::{HeaderMap, HeaderName};
 
 use super::{
-    DEFAULT_TOLERANCE, Delivery, MAX_SIGNATURES, Outgoing, Scheme, Signatures, check_tolerance, event_id_header,
-    insert_headers, single_header,
+    Delivery, MAX_SIGNATURES, Outgoing, Scheme, Signatures, check_within, insert_headers, single_event_id_header,
+    single_header,
 };
 use crate::{
-    EventType, InvalidEventId, RejectionKind, WebhookSecret,
+    EventType, RejectionKind, WebhookSecret,
     signature::{SignatureError, mac_parts},
 };
 
@@ -29,7 +29,7 @@ static SIGNATURE: HeaderName = HeaderName::from_static(SIGNATURE_HEADER);
 /// - `webhook-id`: the message id, stable across retries; deduplicated on.
 /// - `webhook-timestamp`: the attempt's Unix time in seconds; a value that
 ///   is not an integer is 400. It must be within the tolerance of the
-///   receiver's clock (default [`DEFAULT_TOLERANCE`], 300 s, both
+///   receiver's clock (default [`DEFAULT_TOLERANCE`](super::DEFAULT_TOLERANCE), 300 s, both
 ///   directions), otherwise 401 `{"error":"timestamp outside the tolerance"}`.
 /// - `webhook-signature`: space-separated `<version>,<base64>` entries; the
 ///   `v1` ones are HMAC-SHA256 over `<id>.<timestamp>.<raw body>`, and the
@@ -63,12 +63,6 @@ pub struct StandardWebhooks {
     tolerance: Option<Duration>,
 }
 
-impl Default for StandardWebhooks {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl StandardWebhooks {
     /// Header that carries the message id, deduplicated on.
     pub const ID_HEADER: &'static str = ID_HEADER;
@@ -79,36 +73,9 @@ impl StandardWebhooks {
 
     /// The event type name every delivery of this scheme gets.
     pub const EVENT_TYPE: &'static str = "standard-webhooks";
-
-    /// The scheme, with the default tolerance of 300 s.
-    pub const fn new() -> Self {
-        Self {
-            tolerance: Some(DEFAULT_TOLERANCE),
-        }
-    }
-
-    /// Accepts timestamps up to `tolerance` before or after the receiver's
-    /// clock (default [`DEFAULT_TOLERANCE`]).
-    #[must_use]
-    pub const fn with_tolerance(mut self, tolerance: Duration) -> Self {
-        self.tolerance = Some(tolerance);
-        self
-    }
-
-    /// Does not check the timestamp (the reference libraries'
-    /// `verify_ignoring_timestamp`). **For tests and reprocessing stored
-    /// deliveries only**: on a public route it turns off replay protection.
-    #[must_use]
-    pub const fn ignoring_timestamp(mut self) -> Self {
-        self.tolerance = None;
-        self
-    }
-
-    /// The tolerance, or `None` if the timestamp is ignored.
-    pub const fn tolerance(&self) -> Option<Duration> {
-        self.tolerance
-    }
 }
+
+super::timestamp::timestamped_scheme_builder!(StandardWebhooks);
 
 impl Scheme for StandardWebhooks {
     fn name(&self) -> &'static str {
@@ -129,15 +96,8 @@ impl Scheme for StandardWebhooks {
 
     fn parse(&self, headers: &HeaderMap) -> Result<Delivery, RejectionKind> {
         let signature = single_header(headers, &SIGNATURE, SIGNATURE_HEADER)?;
-        let id = single_header(headers, &ID, ID_HEADER).map_err(|kind| match kind {
-            RejectionKind::InvalidHeader(header) => RejectionKind::InvalidEventId {
-                header,
-                error: InvalidEventId::Ambiguous,
-            },
-            other => other,
-        })?;
+        let id = single_event_id_header(headers, &ID, ID_HEADER)?;
         let timestamp = single_header(headers, &TIMESTAMP, TIMESTAMP_HEADER)?;
-        let id = event_id_header(id, ID_HEADER)?;
         let timestamp = timestamp
             .to_str()
             .ok()
@@ -152,13 +112,7 @@ impl Scheme for StandardWebhooks {
     }
 
     fn check_timestamp(&self, delivery: &Delivery, now: SystemTime) -> Result<(), RejectionKind> {
-        match (self.tolerance, delivery.timestamp()) {
-            (Some(tolerance), Some(timestamp)) => {
-                check_tolerance(timestamp, now, tolerance).map_err(RejectionKind::TimestampOutOfTolerance)
-            }
-            (Some(_), None) => Err(RejectionKind::InvalidSignature(SignatureError::Malformed)),
-            (None, _) => Ok(()),
-        }
+        check_within(self.tolerance, delivery, now)
     }
 
     /// Writes `webhook-id`, `webhook-timestamp` and

@@ -9,6 +9,7 @@
 //! Every delivery ends in one [`DeliveryOutcome`], logged once and recorded
 //! in metrics here.
 
+mod background;
 mod body;
 mod claim;
 mod future;
@@ -28,7 +29,7 @@ use http_body_util::Full;
 use tower_service::Service;
 use tracing::Instrument;
 
-pub(crate) use self::claim::{Background, MAX_BACKGROUND_TASKS};
+pub(crate) use self::background::{Background, MAX_BACKGROUND_TASKS};
 pub use self::future::ResponseFuture;
 use self::{
     body::IncomingBody,

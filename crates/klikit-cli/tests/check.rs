@@ -42,7 +42,7 @@ fn reference_receiver_passes_every_check_including_restart_with_sqlite() {
 }
 
 #[test]
-fn table_output_and_unsupported_scheme() {
+fn table_output_and_the_other_scheme_refused() {
     let endpoint = Endpoint::start("table", &[KLIKIT, "serve"], &[("KLIKIT_STORE", "memory")]);
     let output = Command::new(KLIKIT)
         .args(["check", &endpoint.url(), "--only", "fixtures,refusals"])
@@ -57,14 +57,23 @@ fn table_output_and_unsupported_scheme() {
     assert!(table.contains("2 passed, 0 advice, 0 failed, 7 skipped"), "{table}");
 
     let output = Command::new(KLIKIT)
-        .args(["check", &endpoint.url(), "--scheme", "klikit-v1"])
+        .args(["check", &endpoint.url(), "--scheme", "klikit-v1", "--only", "fixtures"])
         .envs(endpoint.env.iter().map(|(k, v)| (*k, v)))
         .output()
         .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8(output.stderr).unwrap();
-    assert!(stderr.contains("klikit-v1 is not yet supported"), "{stderr}");
-    assert!(output.stdout.is_empty(), "nothing was sent");
+    let table = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        !output.status.success(),
+        "a receiver of today's scheme refuses v1 deliveries: {table}"
+    );
+    assert!(
+        table.contains("fixtures      FAIL    13 of 13 fixtures not accepted"),
+        "{table}"
+    );
+    assert!(
+        table.contains(r#"400 {"error":"missing header x-klikit-event-type"}"#),
+        "{table}"
+    );
 }
 
 #[test]

@@ -74,7 +74,12 @@ pub(super) async fn refusals(ctx: &mut Ctx) -> Outcome {
         .collect();
     if !accepted.is_empty() {
         let summary = format!("{} of {total} accepted (2xx): {}", accepted.len(), accepted.join(", "));
-        Outcome::fail(check, summary, seen)
+        let note = ctx.scheme.refusal_note(&accepted);
+        let outcome = Outcome::fail(check, summary, seen);
+        match note {
+            Some(note) => outcome.with_note(note),
+            None => outcome,
+        }
     } else if !silent.is_empty() {
         let summary = format!("{} of {total} got no answer: {}", silent.len(), silent.join(", "));
         Outcome::fail(check, summary, seen)

@@ -6,16 +6,19 @@
 //! what fails; what goes beyond it (a body size limit, `Retry-After`, naming
 //! duplicates) is advice. The exit status is 0 only if no check failed.
 //!
-//! - [`scheme`]: what is sent, per signature scheme (today's `klikit`; the
-//!   `klikit-v1` scheme is one more implementation of its trait);
+//! - [`scheme`]: what is sent, per signature scheme: today's `klikit`, and
+//!   Partner API v1 (`klikit-v1`) in [`scheme_v1`] with its bodies in
+//!   [`bodies_v1`];
 //! - [`client`]: one delivery over HTTP, with timeouts;
 //! - [`checks`] and [`timing`]: the checks;
 //! - [`report`]: the table and the JSON.
 
+mod bodies_v1;
 mod checks;
 mod client;
 mod report;
 mod scheme;
+mod scheme_v1;
 mod timing;
 
 use clap::ValueEnum;
@@ -24,6 +27,7 @@ use klikit_webhook::SECRET_ENV_VAR;
 use self::{
     client::{Endpoint, Seen},
     scheme::{CheckScheme, Delivery, Event, Ids, Klikit},
+    scheme_v1::KlikitV1Check,
 };
 
 /// `klikit check` arguments.
@@ -38,6 +42,9 @@ pub(crate) struct CheckArgs {
     /// The signature scheme to send.
     #[arg(long, value_enum, default_value_t = SchemeName::Klikit)]
     scheme: SchemeName,
+    /// With --scheme klikit-v1: the X-Klikit-Webhook-Id every delivery names (the endpoint's subscription).
+    #[arg(long, value_name = "ID")]
+    subscription: Option<String>,
     /// A shell command (run with sh -c) that restarts the endpoint; enables the restart check.
     #[arg(long, value_name = "SHELL COMMAND")]
     restart: Option<String>,
@@ -54,17 +61,21 @@ pub(crate) struct CheckArgs {
 enum SchemeName {
     /// Today's contract (developer.klikit.io): hex HMAC-SHA256 of the raw body.
     Klikit,
-    /// Partner API v1 (t=…,v1=… over "t.body"): not yet supported.
+    /// Partner API v1: t=…,v1=… over "t.body", the event id also in the body.
     KlikitV1,
 }
 
 impl SchemeName {
-    fn scheme(self) -> Result<Box<dyn CheckScheme>, String> {
-        match self {
-            Self::Klikit => Ok(Box::new(Klikit)),
-            Self::KlikitV1 => Err("--scheme klikit-v1 is not yet supported by `klikit check`: \
-                 it checks today's `klikit` scheme only (the default)"
-                .to_owned()),
+    fn scheme(self, subscription: Option<String>) -> Result<Box<dyn CheckScheme>, String> {
+        match (self, subscription) {
+            (Self::Klikit, None) => Ok(Box::new(Klikit)),
+            (Self::Klikit, Some(_)) => {
+                Err("--subscription is for --scheme klikit-v1 (today's scheme has no subscription header)".to_owned())
+            }
+            (Self::KlikitV1, Some(id)) if id.is_empty() || !id.bytes().all(|b| b.is_ascii_graphic()) => Err(format!(
+                "--subscription {id:?}: a webhook subscription id is visible ASCII, without spaces"
+            )),
+            (Self::KlikitV1, subscription) => Ok(Box::new(KlikitV1Check::new(subscription))),
         }
     }
 }
@@ -76,7 +87,7 @@ pub(crate) enum CheckName {
     Fixtures,
     /// Valid JSON that is not in compact form is accepted (2xx).
     RawBody,
-    /// Forged, truncated and incomplete deliveries are refused (non-2xx).
+    /// Forged, truncated, incomplete (and, v1, stale) deliveries are refused (non-2xx).
     Refusals,
     /// The same delivery again is accepted (2xx).
     Duplicate,
@@ -124,8 +135,12 @@ impl CheckName {
     pub(crate) fn about(self) -> &'static str {
         match self {
             Self::Fixtures => {
-                "each fixture of the scheme (klikit.order.created.v2, .status.updated, .cart.updated), with a \
-                 fresh event id, is answered 2xx."
+                "each fixture of the scheme, with a fresh event id, is answered 2xx. klikit: \
+                 klikit.order.created.v2, .status.updated, .cart.updated. klikit-v1: the seven v1 event types \
+                 (order.placed.v1, .updated, .cancelled, .amended, .courier_assigned, .picked_up, .delivered) and the \
+                 five sandbox shapes (single_item_dine_in, single_item_delivery, multi_item_with_modifiers, \
+                 large_basket, cancellation_flow: placed then cancelled), each body's event_id set to the delivery's \
+                 id."
             }
             Self::RawBody => {
                 "valid bodies not in compact form are answered 2xx, one fresh event each: extra spaces, tabs \
@@ -134,7 +149,9 @@ impl CheckName {
             }
             Self::Refusals => {
                 "answered non-2xx: a wrong secret, the signature of another body, a signature truncated to \
-                 62 digits, and each of x-klikit-signature, x-klikit-event-id, x-klikit-event-type missing."
+                 62 digits, and each required header missing (klikit: x-klikit-signature, x-klikit-event-id, \
+                 x-klikit-event-type; klikit-v1: x-klikit-signature, x-klikit-event-id, x-klikit-event). klikit-v1 \
+                 also: a correctly signed t 10 minutes old, and one 10 minutes ahead."
             }
             Self::Duplicate => {
                 "the same delivery twice: the copy is answered 2xx; confirmed when the reply names the \
@@ -144,7 +161,10 @@ impl CheckName {
                 "8 copies of one new delivery at once: each answered 2xx, or 409/503 with Retry-After; no \
                  5xx without Retry-After; at most one reply says \"received\"."
             }
-            Self::UnknownType => "an event type the endpoint has never heard of is answered 2xx.",
+            Self::UnknownType => {
+                "an event type the endpoint has never heard of (klikit.order.check-unknown-type.v1; klikit-v1: \
+                 order.check_unknown.v1) is answered 2xx."
+            }
             Self::BodyLimit => {
                 "a 2 MiB signed delivery: refusing it (413) passes; accepting it is advice, never a \
                  failure (Klikit documents no maximum size)."
@@ -166,9 +186,10 @@ impl CheckName {
             Self::Fixtures => {
                 "the endpoint refuses genuine deliveries. Usually the secret differs (copy it exactly, \
                  without a trailing newline), the signature is compared in the wrong form (lowercase hex of HMAC-SHA256 \
-                 over the raw body: no sha256= prefix, not base64), the body is re-serialised before verifying (see \
-                 raw-body), a proxy strips the x-klikit-* headers, or the payload parser is too strict (ignore unknown \
-                 fields; money may be a string or a number)."
+                 over the raw body: no sha256= prefix, not base64; klikit-v1: over \"<t>.<raw body>\" with t as sent, \
+                 any of the v1= values may match), the body is re-serialised before verifying (see raw-body), a proxy \
+                 strips the x-klikit-* headers, or the payload parser is too strict (ignore unknown fields and enum \
+                 values; money may be a string or a number)."
             }
             Self::RawBody => {
                 "the endpoint probably verifies a re-serialised body (JSON.stringify(req.body), \
@@ -179,7 +200,8 @@ impl CheckName {
                 "the endpoint accepts forged or incomplete deliveries: anyone who knows the URL can inject \
                  orders. Verify before anything else, compare the whole 64-digit value in constant time \
                  (hmac.compare_digest, crypto.timingSafeEqual after a length check, Mac::verify_slice), and refuse a \
-                 missing header (400) or a mismatch (401)."
+                 missing header (400) or a mismatch (401). Under klikit-v1, once the signature matches, also refuse \
+                 (401) a t more than 5 minutes before or after your clock."
             }
             Self::Duplicate => {
                 "a non-2xx answer to a duplicate makes Klikit retry it for ever, and answering it as \
@@ -220,7 +242,8 @@ fn help_text() -> String {
     let mut text = report::wrap(
         "",
         "Sends real, signed deliveries to the URL and grades the answers against Klikit's contract. Use a staging \
-         endpoint: every accepted delivery is processed (event ids start with klikit-check-).",
+         endpoint: every accepted delivery is processed (event ids start with klikit-check-; under klikit-v1 they \
+         are UUIDs, random per run, whose last group counts the deliveries: …-000000000001).",
     );
     text.push_str("\nChecks (exit status 0 only if none failed; advice never fails):\n");
     for check in CheckName::ALL {
@@ -391,16 +414,16 @@ impl Ctx {
 /// Runs `klikit check`: prints the table (or JSON); an error when a check
 /// failed or the checks could not start.
 pub(crate) async fn run(args: CheckArgs) -> Result<(), String> {
-    let scheme = args.scheme.scheme()?;
+    let scheme = args.scheme.scheme(args.subscription)?;
     let endpoint = Endpoint::new(&args.url)?;
     if args.secret.is_empty() {
         return Err("--secret is empty".to_owned());
     }
     let mut ctx = Ctx {
         endpoint,
+        ids: scheme.ids(),
         scheme,
         secret: args.secret.into_bytes(),
-        ids: Ids::new(),
         restart: args.restart,
         current: CheckName::Fixtures,
         late: Vec::new(),

@@ -3,13 +3,17 @@
 //!
 //! The checks never build headers or bodies themselves: they ask a
 //! [`CheckScheme`] for events and deliveries, so a scheme is one
-//! implementation of that trait. Today's contract is [`Klikit`]. The
-//! `klikit-v1` contract (`t=<unix>,v1=<hex>` over `"<t>.<body>"`, the event id
-//! also inside the body) becomes a second implementation: its own fixtures and
-//! raw-body variants (which take the event id, since v1 bodies repeat it), its
-//! own signing, and two more refusals (a stale and a future timestamp).
+//! implementation of that trait. Today's contract is [`Klikit`]; the Partner
+//! API v1 contract is [`KlikitV1Check`](super::scheme_v1::KlikitV1Check), with
+//! its own fixtures and raw-body variants (which take the event id, since v1
+//! bodies repeat it), its own signing, its own form of event ids (UUIDs), and
+//! two more refusals (a stale and a future timestamp).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::{
+    collections::hash_map::RandomState,
+    hash::{BuildHasher, Hasher},
+    sync::atomic::{AtomicUsize, Ordering},
+};
 
 use bytes::Bytes;
 use klikit_webhook::{
@@ -33,36 +37,80 @@ pub(crate) struct Delivery {
 
 impl Delivery {
     /// The same delivery without `header`.
-    fn without(mut self, header: &str) -> Self {
+    pub(super) fn without(mut self, header: &str) -> Self {
         self.headers.retain(|(name, _)| *name != header);
         self
     }
 
     /// The same delivery with `header` set to `value`.
-    fn with(mut self, header: &'static str, value: String) -> Self {
+    pub(super) fn with(mut self, header: &'static str, value: String) -> Self {
         self.headers.retain(|(name, _)| *name != header);
         self.headers.push((header, value));
         self
     }
 }
 
-/// Fresh event ids for one run: `klikit-check-<32 hex digits>-<n>`, so that
-/// they are recognisable in the endpoint's logs and never repeat across runs.
+/// Fresh event ids for one run, never repeated across runs and recognisable
+/// in the endpoint's logs: `klikit-check-<32 hex digits>-<n>`
+/// ([`Ids::new`]), or UUIDs whose last group counts the deliveries of the run
+/// ([`Ids::uuids`]).
 pub(crate) struct Ids {
-    prefix: String,
+    form: IdForm,
     next: AtomicUsize,
 }
 
+enum IdForm {
+    Prefixed(String),
+    /// A random version 4 UUID with its last 48 bits clear.
+    Uuid(u128),
+}
+
+/// The last group of a UUID: 48 bits.
+const UUID_COUNTER: u128 = (1 << 48) - 1;
+
 impl Ids {
     pub(crate) fn new() -> Self {
+        Self::with_form(IdForm::Prefixed(format!("klikit-check-{}", LeaseToken::generate())))
+    }
+
+    /// UUIDs (version 4 form, RFC 9562 variant), as Partner API v1 sends:
+    /// random per run, the delivery's number in the last group, such as
+    /// `4e1c0b6a-93d2-4f57-a0c8-000000000001`.
+    pub(crate) fn uuids() -> Self {
+        // The token's high half is random per process; the hasher's keys are
+        // random per RandomState.
+        let token = LeaseToken::generate().as_u128();
+        let mut hasher = RandomState::new().build_hasher();
+        hasher.write_u128(token);
+        let random = (token & !u128::from(u64::MAX)) | u128::from(hasher.finish());
+        let versioned = (random & !(0xf << 76)) | (0x4 << 76);
+        let variant = (versioned & !(0x3 << 62)) | (0x2 << 62);
+        Self::with_form(IdForm::Uuid(variant & !UUID_COUNTER))
+    }
+
+    fn with_form(form: IdForm) -> Self {
         Self {
-            prefix: format!("klikit-check-{}", LeaseToken::generate()),
+            form,
             next: AtomicUsize::new(1),
         }
     }
 
     pub(crate) fn fresh(&self) -> String {
-        format!("{}-{}", self.prefix, self.next.fetch_add(1, Ordering::Relaxed))
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        match &self.form {
+            IdForm::Prefixed(prefix) => format!("{prefix}-{n}"),
+            IdForm::Uuid(base) => {
+                let hex = format!("{:032x}", base | (n as u128 & UUID_COUNTER));
+                format!(
+                    "{}-{}-{}-{}-{}",
+                    &hex[..8],
+                    &hex[8..12],
+                    &hex[12..16],
+                    &hex[16..20],
+                    &hex[20..]
+                )
+            }
+        }
     }
 }
 
@@ -70,6 +118,10 @@ impl Ids {
 pub(crate) trait CheckScheme: Send + Sync {
     /// The `--scheme` name.
     fn name(&self) -> &'static str;
+    /// A source of fresh event ids in the form the scheme's sender uses.
+    fn ids(&self) -> Ids {
+        Ids::new()
+    }
     /// Every fixture of the scheme, one per event type, each with a fresh id.
     fn fixtures(&self, ids: &Ids) -> Vec<(String, Event)>;
     /// Valid bodies that are not in compact canonical form, each with a fresh id.
@@ -86,6 +138,12 @@ pub(crate) trait CheckScheme: Send + Sync {
     fn refusals(&self, secret: &[u8], ids: &Ids) -> Vec<(String, Delivery)>;
     /// The headers a delivery must carry: one refusal leaves out each.
     fn required_headers(&self) -> &'static [&'static str];
+    /// What to tell an endpoint that accepted the refusals labelled
+    /// `accepted`, beyond the check's usual fix.
+    fn refusal_note(&self, accepted: &[&str]) -> Option<String> {
+        let _ = accepted;
+        None
+    }
 }
 
 /// Today's contract (developer.klikit.io): `x-klikit-signature` is the

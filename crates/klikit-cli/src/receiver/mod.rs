@@ -12,9 +12,24 @@
 //! dies is lost, because its id was already recorded as done. Where that
 //! matters, hand the event to a durable queue in the handler instead.
 //!
-//! Environment:
-//! - `KLIKIT_WEBHOOK_SECRET` (required): the webhook secret Klikit issued.
-//! - `KLIKIT_WEBHOOK_PREVIOUS_SECRET` (optional): also accepted, for rotations.
+//! Environment (read by [`layer_from_env`]; a bad value stops it with one
+//! line that names the variable and never a secret):
+//! - `KLIKIT_SCHEME` (default `klikit`): the signature contract,
+//!   `klikit` (today's), `klikit-v1` (Partner API v1), `standard-webhooks`,
+//!   or a comma list such as `klikit,klikit-v1` to accept both on the route
+//!   during a migration (see [`config::parse_schemes`]).
+//! - `KLIKIT_TOLERANCE_SECS` (default 300): how far a signed timestamp may
+//!   be from this machine's clock, either way (`klikit-v1`,
+//!   `standard-webhooks`).
+//! - `KLIKIT_WEBHOOK_SECRET`: the webhook secret Klikit issued, and
+//!   `KLIKIT_WEBHOOK_PREVIOUS_SECRET` (optional), also accepted during a
+//!   rotation. How a secret string becomes the key, per scheme (a
+//!   `standard-webhooks` `whsec_…` secret is base64): [`config::secret_for`].
+//! - `KLIKIT_WEBHOOK_SECRETS_FILE`: instead of (or next to) the single
+//!   secret, a JSON object mapping each subscription id
+//!   (`X-Klikit-Webhook-Id`, `klikit-v1`) to its secrets, newest first (see
+//!   [`config::read_secrets_file`]). With both, the single secret verifies
+//!   the deliveries that name no subscription. One of the two is required.
 //! - `KLIKIT_STORE` (default `klikit-dedup.sqlite3`): the dedup store, see
 //!   [`store_from_spec`]: `memory`, an SQLite path or `sqlite://…`,
 //!   `redis://…` (feature `redis`), `postgres://…` (feature `postgres`);
@@ -39,11 +54,11 @@ use klikit_webhook::{KlikitEvent, KlikitWebhookLayer};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-mod config;
+pub mod config;
 mod store;
 mod worker;
 
-pub use config::layer_from_env;
+pub use config::{SchemeName, layer_from_env};
 pub use store::{CLEANUP_PERIOD, DEFAULT_STORE, STORE_ENV_VAR, store_from_spec};
 pub use worker::worker;
 

@@ -10,8 +10,10 @@
 //! - `KLIKIT_SCHEME=standard-webhooks` in [`standard_webhooks`];
 //! - the migration, `KLIKIT_SCHEME=klikit,klikit-v1` then only v1, in
 //!   [`migration`];
-//! - bad values, which stop the receiver with one line, in [`config`].
+//! - bad values, which stop the receiver with one line, in [`config`];
+//! - `klikit sign` and `klikit send --scheme …` end to end, in [`cli`].
 
+mod cli;
 mod config;
 mod klikit_v1;
 mod migration;

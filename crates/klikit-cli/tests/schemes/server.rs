@@ -99,6 +99,11 @@ impl Served {
         panic!("klikit serve with {env:?} did not come up:\n{}", served.output());
     }
 
+    /// The webhook URL.
+    pub(crate) fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/webhooks/klikit", self.port)
+    }
+
     /// What the receiver printed so far.
     pub(crate) fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -27,8 +27,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print the signature header's value for a body: hex(HMAC-SHA256(secret, body)) for
-    /// x-klikit-signature, t=<T>,v1=<hex> with --scheme klikit-v1, v1,<base64> with --scheme standard-webhooks.
+    /// Print a body's signature header value (`klikit sign --help`).
+    #[command(
+        about = "Print a body's signature header value: today's hex, t=<T>,v1=<hex> (klikit-v1) or v1,<base64> \
+                 (standard-webhooks)"
+    )]
     Sign(send::SignArgs),
     /// POST a signed delivery to a receiver and print each answer.
     Send(send::SendArgs),

@@ -24,15 +24,19 @@ use klikit_webhook::{
     store::LeaseToken,
 };
 
+/// The help of `--secret` (not a doc comment: rustdoc would read `<base64>`
+/// as HTML).
+const SECRET_HELP: &str = "The webhook secret (default: $KLIKIT_WEBHOOK_SECRET); whsec_<base64> for standard-webhooks";
+
 /// `--scheme`: the names `KLIKIT_SCHEME` takes.
 #[derive(Clone, Copy, Default, ValueEnum)]
 pub(crate) enum SchemeArg {
-    /// Today's contract: x-klikit-signature: <hex> over the body.
+    #[value(help = "Today's contract: x-klikit-signature: <hex> over the body")]
     #[default]
     Klikit,
-    /// Partner API v1: X-Klikit-Signature: t=<unix>,v1=<hex> over "<t>.<body>".
+    #[value(help = "Partner API v1: X-Klikit-Signature: t=<unix>,v1=<hex> over \"<t>.<body>\"")]
     KlikitV1,
-    /// Standard Webhooks: webhook-signature: v1,<base64> over "<id>.<t>.<body>"; whsec_ secrets.
+    #[value(help = "Standard Webhooks: webhook-signature: v1,<base64> over \"<id>.<t>.<body>\"; whsec_ secrets")]
     StandardWebhooks,
 }
 
@@ -51,8 +55,7 @@ pub(crate) struct SignArgs {
     /// The body: a file, or - for standard input.
     #[arg(default_value = "-")]
     body: String,
-    /// The webhook secret (default: $KLIKIT_WEBHOOK_SECRET); whsec_<base64> for standard-webhooks.
-    #[arg(long, env = SECRET_ENV_VAR, hide_env_values = true)]
+    #[arg(long, env = SECRET_ENV_VAR, hide_env_values = true, help = SECRET_HELP)]
     secret: String,
     /// The signature scheme: what is printed is the value of its signature header.
     #[arg(long, value_enum, default_value_t)]
@@ -100,8 +103,7 @@ pub(crate) fn sign(args: SignArgs) -> Result<(), String> {
 pub(crate) struct SendArgs {
     /// The receiver's webhook URL (http only).
     url: String,
-    /// The webhook secret (default: $KLIKIT_WEBHOOK_SECRET); whsec_<base64> for standard-webhooks.
-    #[arg(long, env = SECRET_ENV_VAR, hide_env_values = true)]
+    #[arg(long, env = SECRET_ENV_VAR, hide_env_values = true, help = SECRET_HELP)]
     secret: String,
     /// The signature scheme, and so every header sent.
     #[arg(long, value_enum, default_value_t)]

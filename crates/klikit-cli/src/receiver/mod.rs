@@ -12,9 +12,24 @@
 //! dies is lost, because its id was already recorded as done. Where that
 //! matters, hand the event to a durable queue in the handler instead.
 //!
-//! Environment:
-//! - `KLIKIT_WEBHOOK_SECRET` (required): the webhook secret Klikit issued.
-//! - `KLIKIT_WEBHOOK_PREVIOUS_SECRET` (optional): also accepted, for rotations.
+//! Environment (read by [`layer_from_env`]; a bad value stops it with one
+//! line that names the variable and never a secret):
+//! - `KLIKIT_SCHEME` (default `klikit`): the signature contract,
+//!   `klikit` (today's), `klikit-v1` (Partner API v1), `standard-webhooks`,
+//!   or a comma list such as `klikit,klikit-v1` to accept both on the route
+//!   during a migration (see [`config::parse_schemes`]).
+//! - `KLIKIT_TOLERANCE_SECS` (default 300): how far a signed timestamp may
+//!   be from this machine's clock, either way (`klikit-v1`,
+//!   `standard-webhooks`).
+//! - `KLIKIT_WEBHOOK_SECRET`: the webhook secret Klikit issued, and
+//!   `KLIKIT_WEBHOOK_PREVIOUS_SECRET` (optional), also accepted during a
+//!   rotation. How a secret string becomes the key, per scheme (a
+//!   `standard-webhooks` `whsec_…` secret is base64): [`config::secret_for`].
+//! - `KLIKIT_WEBHOOK_SECRETS_FILE`: instead of (or next to) the single
+//!   secret, a JSON object mapping each subscription id
+//!   (`X-Klikit-Webhook-Id`, `klikit-v1`) to its secrets, newest first (see
+//!   [`config::read_secrets_file`]). With both, the single secret verifies
+//!   the deliveries that name no subscription. One of the two is required.
 //! - `KLIKIT_STORE` (default `klikit-dedup.sqlite3`): the dedup store, see
 //!   [`store_from_spec`]: `memory`, an SQLite path or `sqlite://…`,
 //!   `redis://…` (feature `redis`), `postgres://…` (feature `postgres`);
@@ -26,7 +41,7 @@
 //! per-outcome delivery counters and latency histogram (buckets
 //! [`DELIVERY_DURATION_BUCKETS`]).
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use axum::{
     Json, Router,
@@ -35,11 +50,17 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use klikit_webhook::{
-    DedupStore, EventType, KlikitEvent, KlikitWebhookLayer, MemoryStore, SECRET_ENV_VAR, SqliteStore, WebhookSecret,
-};
+use klikit_webhook::{KlikitEvent, KlikitWebhookLayer};
 use serde_json::json;
 use tokio::sync::mpsc;
+
+pub mod config;
+mod store;
+mod worker;
+
+pub use config::{SchemeName, layer_from_env};
+pub use store::{CLEANUP_PERIOD, DEFAULT_STORE, STORE_ENV_VAR, store_from_spec};
+pub use worker::worker;
 
 /// The path the receiver serves webhooks on.
 pub const WEBHOOK_PATH: &str = "/webhooks/klikit";
@@ -73,39 +94,6 @@ async fn receive(State(jobs): State<mpsc::Sender<KlikitEvent>>, event: KlikitEve
     }
 }
 
-/// Processes queued events until every sender is gone: logs brand, branch
-/// and order count per event type.
-pub async fn worker(mut jobs: mpsc::Receiver<KlikitEvent>) {
-    while let Some(event) = jobs.recv().await {
-        process(&event);
-    }
-    tracing::info!("worker drained");
-}
-
-fn process(event: &KlikitEvent) {
-    let envelope = match event.payload() {
-        Ok(envelope) => envelope,
-        Err(error) => {
-            tracing::error!(event_id = %event.id(), %error, "payload does not match Klikit's envelope");
-            return;
-        }
-    };
-    let (brand, branch, orders) = (envelope.brand_id, envelope.branch_id, envelope.orders.len());
-    let id = event.id();
-    match event.event_type() {
-        EventType::OrderCreated => {
-            tracing::info!(%id, brand, branch, orders, "order created: ticket sent to the kitchen")
-        }
-        EventType::OrderStatusUpdated => {
-            tracing::info!(%id, brand, branch, orders, "order status updated: order record updated")
-        }
-        EventType::OrderCartUpdated => {
-            tracing::info!(%id, brand, branch, orders, "order cart updated: cart replaced")
-        }
-        other => tracing::warn!(%id, brand, branch, orders, event_type = %other, "unknown event type; ignored"),
-    }
-}
-
 /// Why the receiver could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -126,14 +114,6 @@ pub enum ReceiverError {
         source: std::io::Error,
     },
 }
-
-/// The environment variable that selects the dedup store.
-pub const STORE_ENV_VAR: &str = "KLIKIT_STORE";
-/// The store used when `KLIKIT_STORE` is unset: an SQLite file in the
-/// current directory, so a restarted receiver still ignores what it processed.
-pub const DEFAULT_STORE: &str = "klikit-dedup.sqlite3";
-/// How often the persistent stores delete expired records.
-pub const CLEANUP_PERIOD: Duration = Duration::from_secs(10 * 60);
 
 /// The bucket bounds, in seconds, of
 /// `klikit_webhook_delivery_duration_seconds` on `/metrics`.
@@ -156,116 +136,6 @@ pub const CLEANUP_PERIOD: Duration = Duration::from_secs(10 * 60);
 pub const DELIVERY_DURATION_BUCKETS: [f64; 13] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0,
 ];
-
-/// The layer as configured from the environment: `KLIKIT_WEBHOOK_SECRET`
-/// (required), `KLIKIT_WEBHOOK_PREVIOUS_SECRET` (optional, for rotations) and
-/// `KLIKIT_STORE` (see [`store_from_spec`]). Connects to the store, so it is
-/// `async`.
-///
-/// # Errors
-///
-/// [`ReceiverError::Config`] if the secret is unset or empty or the store
-/// spec is unknown, [`ReceiverError::Store`] if the store cannot be opened.
-pub async fn layer_from_env() -> Result<KlikitWebhookLayer, ReceiverError> {
-    let secret = WebhookSecret::from_env(SECRET_ENV_VAR).map_err(|e| ReceiverError::Config(e.to_string()))?;
-    let previous = match std::env::var("KLIKIT_WEBHOOK_PREVIOUS_SECRET") {
-        Ok(previous) => Some(
-            WebhookSecret::new(previous)
-                .map_err(|e| ReceiverError::Config(format!("KLIKIT_WEBHOOK_PREVIOUS_SECRET: {e}")))?,
-        ),
-        Err(_) => None,
-    };
-    let spec = std::env::var(STORE_ENV_VAR).unwrap_or_else(|_| DEFAULT_STORE.into());
-    let store = store_from_spec(&spec).await?;
-    let mut layer = KlikitWebhookLayer::new(secret).with_shared_store(store);
-    if let Some(previous) = previous {
-        layer = layer.with_secret(previous);
-    }
-    Ok(layer)
-}
-
-/// Opens the dedup store `spec` names (the value of `KLIKIT_STORE`):
-/// `memory`, `redis://…`, `rediss://…`, `postgres://…`, `postgresql://…`,
-/// `sqlite://…`, or else a path to an SQLite file. The persistent stores get
-/// a background task that deletes expired records every
-/// [`CLEANUP_PERIOD`]; Postgres gets its table created if missing.
-///
-/// # Errors
-///
-/// [`ReceiverError::Config`] for an unknown scheme or a backend whose feature
-/// is off, [`ReceiverError::Store`] if the store cannot be opened.
-pub async fn store_from_spec(spec: &str) -> Result<Arc<dyn DedupStore>, ReceiverError> {
-    let scheme = spec.split_once("://").map(|(scheme, _)| scheme);
-    let store: Arc<dyn DedupStore> = match scheme {
-        _ if spec == "memory" => {
-            tracing::warn!("dedup store: memory; processed event ids are forgotten on restart");
-            Arc::new(MemoryStore::new())
-        }
-        Some("redis" | "rediss") => redis_store(spec).await?,
-        Some("postgres" | "postgresql") => postgres_store(spec).await?,
-        Some("sqlite") => {
-            let store = SqliteStore::connect(spec)
-                .await
-                .map_err(|e| ReceiverError::Store(format!("{STORE_ENV_VAR}: {e}")))?;
-            tracing::info!(url = spec, "dedup store: sqlite");
-            store.spawn_cleanup(CLEANUP_PERIOD);
-            Arc::new(store)
-        }
-        Some(other) => {
-            return Err(ReceiverError::Config(format!(
-                "{STORE_ENV_VAR}: unknown scheme {other}://"
-            )));
-        }
-        None => {
-            let store = SqliteStore::open(spec)
-                .await
-                .map_err(|e| ReceiverError::Store(format!("{STORE_ENV_VAR}={spec}: {e}")))?;
-            tracing::info!(path = spec, "dedup store: sqlite");
-            store.spawn_cleanup(CLEANUP_PERIOD);
-            Arc::new(store)
-        }
-    };
-    Ok(store)
-}
-
-#[cfg(feature = "redis")]
-async fn redis_store(url: &str) -> Result<Arc<dyn DedupStore>, ReceiverError> {
-    // The URL may hold a password: never log it.
-    let store = klikit_webhook::RedisStore::connect(url)
-        .await
-        .map_err(|e| ReceiverError::Store(format!("{STORE_ENV_VAR}: cannot connect to Redis: {e}")))?;
-    tracing::info!(prefix = store.prefix(), "dedup store: redis");
-    Ok(Arc::new(store))
-}
-
-#[cfg(not(feature = "redis"))]
-async fn redis_store(_url: &str) -> Result<Arc<dyn DedupStore>, ReceiverError> {
-    Err(ReceiverError::Config(format!(
-        "{STORE_ENV_VAR} names a Redis store: build with the `redis` feature"
-    )))
-}
-
-#[cfg(feature = "postgres")]
-async fn postgres_store(url: &str) -> Result<Arc<dyn DedupStore>, ReceiverError> {
-    // The URL may hold a password: never log it.
-    let store = klikit_webhook::PostgresStore::connect(url)
-        .await
-        .map_err(|e| ReceiverError::Store(format!("{STORE_ENV_VAR}: cannot connect to Postgres: {e}")))?;
-    store
-        .migrate()
-        .await
-        .map_err(|e| ReceiverError::Store(format!("{STORE_ENV_VAR}: cannot create the dedup table: {e}")))?;
-    store.spawn_cleanup(CLEANUP_PERIOD);
-    tracing::info!(table = store.table(), "dedup store: postgres");
-    Ok(Arc::new(store))
-}
-
-#[cfg(not(feature = "postgres"))]
-async fn postgres_store(_url: &str) -> Result<Arc<dyn DedupStore>, ReceiverError> {
-    Err(ReceiverError::Config(format!(
-        "{STORE_ENV_VAR} names a Postgres store: build with the `postgres` feature"
-    )))
-}
 
 /// Serves the receiver as configured by the environment until Ctrl-C or
 /// SIGTERM, then finishes in-flight requests and drains the worker.

@@ -746,6 +746,10 @@ async fn receiver_sigkilled_mid_handler(backend: &str, spec: &str, key: &str) {
     let again = send_once(&client, b.addr, SECRET, &slow, Duration::from_secs(5)).await;
     assert_eq!(&again.body[..], br#"{"status":"duplicate-ignored"}"#, "{backend}");
 
+    // Child B prints `STARTED` then `HANDLED` before it answers, but the
+    // reader thread may not have taken them from the pipe yet: wait for the
+    // later line before counting.
+    wait_line(&lines, &format!("HANDLED {slow}"), Duration::from_secs(5)).await;
     let redo = send_once(&client, b.addr, SECRET, &done, Duration::from_secs(5)).await;
     assert_eq!(
         (redo.status, &redo.body[..]),

@@ -451,6 +451,13 @@ async fn redis_killed_mid_load_strict() {
 // Postgres connections terminated mid-load.
 // ---------------------------------------------------------------------------
 
+/// Held by each test that injects faults into the shared Postgres server
+/// (or times a lease on it), so that they run one after another: hundreds of
+/// terminated backends and their reconnections load the one postmaster that
+/// every connection goes through, and one test's fault must not become
+/// another's.
+static POSTGRES_FAULTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// `url` with `application_name=<name>` added to its query string.
 fn with_application_name(url: &str, name: &str) -> String {
     let separator = if url.contains('?') { '&' } else { '?' };
@@ -462,6 +469,7 @@ fn with_application_name(url: &str, name: &str) -> String {
 /// unique `application_name`) every 15 ms until the last delivery is sent.
 async fn postgres_connections_killed_mid_load(variant: Variant) {
     use sqlx::{Connection, postgres::PgPoolOptions};
+    let _one_at_a_time = POSTGRES_FAULTS.lock().await;
     let url = common::database_url();
     if common::probe_postgres(&url).await.is_none() {
         return;
@@ -1112,6 +1120,7 @@ async fn redis_receiver_sigkilled_mid_handler() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_receiver_sigkilled_mid_handler() {
     use sqlx::Connection;
+    let _one_at_a_time = POSTGRES_FAULTS.lock().await;
     let url = common::database_url();
     if common::probe_postgres(&url).await.is_none() {
         return;

@@ -286,10 +286,12 @@ fn check_load<S>(backend: &str, variant: &Variant, load: &Load, ids: &[String], 
     assert!(
         twice.len() <= max,
         "{backend}: {} events were handled more than once (each only after a lease whose completion was never \
-         recorded); at most {max} may be (lease {:?}, store timeout {:?}): {twice:#?}",
+         recorded); at most {max} may be (lease {:?}, store timeout {:?}); {}; {}: {twice:#?}",
         twice.len(),
         variant.lease,
         variant.store_timeout,
+        load.summary(),
+        store_summary(store),
     );
     twice
 }
@@ -541,23 +543,24 @@ async fn postgres_connections_killed_mid_load(variant: Variant) {
 /// lease 1 s: one completion that times out uses up its whole lease, so a
 /// later duplicate may run the handler again (the documented window).
 ///
-/// At most 15 events (5 % of the 300) may run twice. Only the 58 events the
-/// plan delivers twice can, and only if the kills (every 15 ms for the
-/// whole load, each cutting whatever the 8 pooled connections were doing)
-/// failed their first completion and every background retry within the
-/// 1 s lease. How many that is grows with the machine's load: 0 or 1 per
-/// run on this 2-core machine, 2 to 6 with two CPU hogs beside the tests
-/// (12 to 52 leases run and never recorded); 15 leaves room for that. This
-/// bound does not tell a lost retry from a slow machine (with no retry at
-/// all, 6 to 11 events ran twice: BENCHMARKS.md, defect 1): the strict
-/// variant does.
+/// At most 29 events may run twice: half of the 58 events the plan
+/// delivers twice, the only ones that can (the first delivery gets its 2xx
+/// even when its completion fails), about 10 % of the 300. One of them runs
+/// again when its first completion and every background retry failed within
+/// the 1 s lease: with the store timeout as long as the lease, one
+/// completion that takes over ~1 s (a killed connection, then a reconnect
+/// on a busy machine) is enough, so the count follows the machine's load,
+/// not the layer: 0 to 6 per run on this 2-core machine at its usual load
+/// (load average 3.5 to 5), 16 to 21 with two CPU hogs added. The bound
+/// catches second runs that became systematic (completions not stored at
+/// all: all 58); a lost retry is the strict variant's to catch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_connections_killed_mid_load_short_lease() {
     postgres_connections_killed_mid_load(Variant {
         name: "short lease",
         store_timeout: Duration::from_secs(1),
         lease: LEASE,
-        max_twice: 15,
+        max_twice: 29,
     })
     .await;
 }

@@ -1,14 +1,20 @@
 //! Store faults and process crashes against the real backends, with a sender
 //! that behaves like Klikit: a delivery that got a non-2xx answer or a
 //! transport error is sent again after a short pause until it gets a 2xx.
-//! Handler runs are counted per event id.
+//! Handler runs are counted per event id and attributed to the lease (token)
+//! they ran under, through the [`Recording`] store wrapper.
 //!
-//! - `redis_killed_mid_load`: a throwaway `redis-server` (own port, AOF with
-//!   `appendfsync always`) is SIGKILLed in the middle of a load and
+//! - `redis_killed_mid_load_*`: a throwaway `redis-server` (own port, AOF
+//!   with `appendfsync always`) is SIGKILLed in the middle of a load and
 //!   restarted on the same port.
-//! - `postgres_connections_killed_mid_load`: `pg_terminate_backend` on this
-//!   test's own connections (found by a unique `application_name`),
+//! - `postgres_connections_killed_mid_load_*`: `pg_terminate_backend` on
+//!   this test's own connections (found by a unique `application_name`),
 //!   repeatedly, during a load.
+//!
+//!   Each of these two runs twice: `*_short_lease` (lease 1 s, about as long
+//!   as the fault) may handle a few events twice, each only after a lease
+//!   whose completion was never recorded ([`check_load`]); `*_strict`
+//!   (lease 30 s, store timeout 1 s) may handle none twice.
 //! - `hanging_store_*`: a store that never answers, and a real Redis frozen
 //!   with SIGSTOP.
 //! - `*_receiver_sigkilled_mid_handler`: the layer runs in a child process
@@ -39,7 +45,7 @@ use std::{
 use async_trait::async_trait;
 use axum::{Json, Router, extract::State, routing::post};
 use faults_util::{
-    Attempt, Recording, RedisServer, SECRET, Server, client, deliver_until_2xx, redis_delete_prefix, send_once,
+    Attempt, Leases, Recording, RedisServer, SECRET, Server, client, deliver_until_2xx, redis_delete_prefix, send_once,
 };
 use http::StatusCode;
 use klikit_webhook::{
@@ -56,23 +62,28 @@ type Handled = Arc<Mutex<HashMap<String, u32>>>;
 const STORE_TIMEOUT: Duration = Duration::from_millis(300);
 const LEASE: Duration = Duration::from_secs(1);
 
-async fn count(State(handled): State<Handled>, event: KlikitEvent) -> Json<Value> {
+/// The handler: counts the run per event id and reports it to the
+/// [`Recording`] store's [`Leases`], which attributes it to its lease.
+async fn count(State((handled, leases)): State<(Handled, Leases)>, event: KlikitEvent) -> Json<Value> {
     *handled.lock().unwrap().entry(event.id().to_string()).or_default() += 1;
+    leases.handler_ran(event.id().as_str());
     Json(json!({ "status": "received" }))
 }
 
-fn app(layer: KlikitWebhookLayer, handled: Handled) -> Router {
+/// `leases`: the [`Recording`] store's, or a fresh one for a store that is
+/// not wrapped (runs are then not attributed to leases, and not checked so).
+fn app(layer: KlikitWebhookLayer, handled: Handled, leases: Leases) -> Router {
     Router::new()
         .route(WEBHOOK_PATH, post(count))
         .layer(layer)
-        .with_state(handled)
+        .with_state((handled, leases))
 }
 
-fn layer(store: impl DedupStore, store_timeout: Duration) -> KlikitWebhookLayer {
+fn layer(store: impl DedupStore, store_timeout: Duration, lease: Duration) -> KlikitWebhookLayer {
     KlikitWebhookLayer::new(WebhookSecret::new(SECRET).unwrap())
         .with_store(store)
         .with_store_timeout(store_timeout)
-        .with_lease(LEASE)
+        .with_lease(lease)
 }
 
 fn unique(label: &str) -> String {
@@ -157,54 +168,158 @@ async fn run_load(addr: SocketAddr, ids: Vec<String>, pace: Duration, started: A
     }
 }
 
+/// A store-fault load's settings, and how many events it may handle twice.
+#[derive(Debug, Clone, Copy)]
+struct Variant {
+    name: &'static str,
+    store_timeout: Duration,
+    lease: Duration,
+    /// How many events may be handled more than once (each only as the
+    /// per-lease rule in [`check_load`] allows).
+    max_twice: usize,
+}
+
+impl Variant {
+    /// The lease much longer than the store timeout: a completion that
+    /// fails during the fault is retried in the background for ~29 s more,
+    /// long after the store recovered (the faults last ~1 s), so it always
+    /// lands before any later delivery can claim the event: no event may
+    /// run twice.
+    const fn strict() -> Self {
+        Self {
+            name: "strict",
+            store_timeout: Duration::from_secs(1),
+            lease: Duration::from_secs(30),
+            max_twice: 0,
+        }
+    }
+
+    /// `FAULTS_STRICT=1` allows no second run in every variant.
+    fn max_twice(&self) -> usize {
+        if std::env::var_os("FAULTS_STRICT").is_some() {
+            0
+        } else {
+            self.max_twice
+        }
+    }
+}
+
 /// The checks shared by the store-fault loads:
 /// - every delivery finally got a 2xx;
-/// - every event was handled at least once, and more than once only if the
-///   store failed to record its completion (the documented at-least-once
-///   window: handler succeeded, `complete` failed; returns those ids);
-/// - no attempt took longer than two store timeouts plus slack.
-fn check_load<S>(
-    backend: &str,
-    load: &Load,
-    ids: &[String],
-    handled: &Handled,
-    store: &Recording<S>,
-    timeout: Duration,
-) -> Vec<String> {
+/// - no attempt took longer than two store timeouts plus 900 ms;
+/// - every event was handled at least once (nothing lost);
+/// - every handler run is attributed (through [`Leases`]) to a lease on its
+///   event that the store granted, each lease to one run at most;
+/// - per lease token: an event runs again only after leases whose completion
+///   was never recorded. Every run of an event but its last happened under a
+///   lease for which no `complete` returned `Ok(true)` (the store never
+///   recorded the event as processed under it);
+/// - at most `variant.max_twice()` events were handled more than once.
+///
+/// Returns the ids handled more than once.
+fn check_load<S>(backend: &str, variant: &Variant, load: &Load, ids: &[String], store: &Recording<S>) -> Vec<String> {
+    let backend = format!("{backend} ({})", variant.name);
+    let leases = &store.leases;
     for (id, attempts) in &load.deliveries {
         assert!(
             attempts.last().is_some_and(Attempt::is_success),
-            "{backend}: delivery of {id} never got a 2xx: {:?}",
-            attempts.iter().map(|a| a.status).collect::<Vec<_>>()
+            "{backend}: delivery of {id} never got a 2xx: {:?}; {}; {}",
+            attempts.iter().map(|a| a.status).collect::<Vec<_>>(),
+            load.summary(),
+            store_summary(store),
         );
     }
     let slowest = load.attempts().map(|a| a.elapsed).max().unwrap_or_default();
+    let limit = variant.store_timeout * 2 + Duration::from_millis(900);
     assert!(
-        slowest < timeout * 2 + Duration::from_millis(900),
-        "{backend}: an attempt took {slowest:?}, past two store timeouts"
+        slowest < limit,
+        "{backend}: an attempt took {slowest:?}, not under two store timeouts plus 900 ms ({limit:?})"
     );
-    let handled = handled.lock().unwrap();
-    let unrecorded: HashSet<String> = store.unrecorded().into_iter().collect();
     let events: HashSet<&String> = ids.iter().collect();
     let mut twice = Vec::new();
-    for id in events {
-        let runs = handled.get(id).copied().unwrap_or(0);
-        assert!(runs >= 1, "{backend}: {id} was never handled (lost)");
-        if runs > 1 {
-            assert!(
-                unrecorded.contains(id),
-                "{backend}: {id} handled {runs} times although its completion was recorded"
-            );
-            twice.push(id.clone());
+    leases.with(|ledger| {
+        let no_runs = Vec::new();
+        for id in events {
+            let runs = ledger.runs.get(id).unwrap_or(&no_runs);
+            assert!(!runs.is_empty(), "{backend}: {id} was never handled (lost)");
+            let mut under = Vec::with_capacity(runs.len());
+            for (n, run) in runs.iter().enumerate() {
+                let lease = run.and_then(|token| ledger.leases.get(&token).map(|lease| (token, lease)));
+                let Some((token, lease)) = lease.filter(|(_, lease)| lease.granted) else {
+                    panic!(
+                        "{backend}: run {} of {id} found no lease on {id} that the store granted on the handler's \
+                         task and no earlier run had used",
+                        n + 1
+                    );
+                };
+                under.push((token, lease));
+            }
+            for (n, pair) in under.windows(2).enumerate() {
+                let [(token, lease), (next, _)] = pair else {
+                    unreachable!()
+                };
+                assert!(
+                    !lease.recorded,
+                    "{backend}: {id} ran again (run {} under lease {next}) after run {} under lease {token}, whose \
+                     completion the store recorded (a `complete` for it returned Ok(true)); a run may follow only \
+                     runs under leases whose completion was never recorded",
+                    n + 2,
+                    n + 1,
+                );
+            }
+            if runs.len() > 1 {
+                let detail: Vec<String> = under
+                    .iter()
+                    .map(|(token, lease)| {
+                        format!(
+                            "lease {token}: {} complete call(s), recorded {}",
+                            lease.completes, lease.recorded
+                        )
+                    })
+                    .collect();
+                twice.push(format!("{id} [{}]", detail.join("; ")));
+            }
         }
-    }
+    });
     twice.sort();
-    // FAULTS_STRICT=1: no second run at all, even in that window (fails
-    // today when a `complete` is lost; see BENCHMARKS.md, "Reliability").
-    if std::env::var_os("FAULTS_STRICT").is_some() {
-        assert!(twice.is_empty(), "{backend}: handled more than once: {twice:?}");
-    }
+    let max = variant.max_twice();
+    assert!(
+        twice.len() <= max,
+        "{backend}: {} events were handled more than once (each only after a lease whose completion was never \
+         recorded); at most {max} may be (lease {:?}, store timeout {:?}); {}; {}: {twice:#?}",
+        twice.len(),
+        variant.lease,
+        variant.store_timeout,
+        load.summary(),
+        store_summary(store),
+    );
     twice
+}
+
+/// What the store answered, for the report and failure messages: claim
+/// errors, failed `complete` calls, leases under which the handler ran and
+/// whose completion was never recorded (no `complete` for them returned
+/// `Ok(true)`), and `release` calls (started; returned true, false, error;
+/// the rest were abandoned at the store timeout or are still running).
+fn store_summary<S>(store: &Recording<S>) -> String {
+    let unrecorded = store.leases.with(|ledger| {
+        ledger
+            .leases
+            .values()
+            .filter(|lease| lease.runs > 0 && !lease.recorded)
+            .count()
+    });
+    let log = store.log.lock().unwrap();
+    format!(
+        "claim errors {}, failed complete calls {}, leases run and never recorded {unrecorded}, release calls {} \
+         (true {}, false {}, error {})",
+        log.claim_errors,
+        log.complete_failed.values().sum::<u32>(),
+        log.releases,
+        log.released,
+        log.release_not_held,
+        log.release_errors,
+    )
 }
 
 /// Redelivers every event whose completion the store acknowledged: each must
@@ -251,14 +366,14 @@ async fn check_completed_remembered<S>(backend: &str, addr: SocketAddr, store: &
 /// id would be forgotten and the next duplicate handled again. With
 /// `appendfsync always` Redis fsyncs each write before it replies, so every
 /// claim or completion the layer saw acknowledged survives the SIGKILL.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_killed_mid_load() {
-    let Some(mut redis) = RedisServer::start("kill").await else {
+async fn redis_killed_mid_load(variant: Variant) {
+    let Some(mut redis) = RedisServer::start(&format!("kill-{}", variant.name)).await else {
         return;
     };
     let store = Recording::new(RedisStore::connect(&redis.url()).await.unwrap().with_prefix("faults:"));
     let handled = Handled::default();
-    let server = Server::start(app(layer(store.clone(), STORE_TIMEOUT), handled.clone())).await;
+    let layer = layer(store.clone(), variant.store_timeout, variant.lease);
+    let server = Server::start(app(layer, handled.clone(), store.leases.clone())).await;
     let run = LeaseToken::generate().to_string();
     let ids = plan(&run, 300);
     let started = Arc::new(AtomicUsize::new(0));
@@ -279,36 +394,71 @@ async fn redis_killed_mid_load() {
     let down = killed_at.elapsed();
     let load = load.await.unwrap();
 
-    let twice = check_load("redis", &load, &ids, &handled, &store, STORE_TIMEOUT);
+    let twice = check_load("redis", &variant, &load, &ids, &store);
     let unavailable: Vec<&Attempt> = load
         .attempts()
         .filter(|a| a.status == Some(StatusCode::SERVICE_UNAVAILABLE))
         .collect();
     assert!(
         !unavailable.is_empty(),
-        "redis: no 503 during the outage: {}",
+        "redis ({}): no 503 during the outage: {}",
+        variant.name,
         load.summary()
     );
     assert!(
         unavailable.iter().all(|a| a.retry_after.is_some()),
-        "redis: a 503 without Retry-After"
+        "redis ({}): a 503 without Retry-After",
+        variant.name
     );
     check_completed_remembered("redis", server.addr, &store, &handled).await;
-    let log = store.log.lock().unwrap().clone();
     eprintln!(
-        "redis killed mid-load (down {down:.2?}): {}; claim errors {}, completions not recorded {}, \
-         events handled twice {}",
+        "redis killed mid-load ({}, down {down:.2?}): {}; {}; events handled twice {}",
+        variant.name,
         load.summary(),
-        log.claim_errors,
-        store.unrecorded().len(),
+        store_summary(&store),
         twice.len(),
     );
     server.stop().await;
 }
 
+/// Store timeout 300 ms, lease 1 s: Redis stays down about one lease, so a
+/// completion that fails at the kill can stay unrecorded for its whole lease
+/// and a later duplicate may run the handler again (the documented window).
+///
+/// At most 3 events may run twice. Only the 58 events the plan delivers
+/// twice can (the first delivery gets its 2xx even when its completion
+/// fails), and only if their completion was on its way at the one kill:
+/// claims made while Redis is down fail, so no handler runs then. At one
+/// new delivery every 5 ms and a few ms from claim to completion, that is
+/// one or two events, one in five of them redelivered. Seen: 0 or 1 per run,
+/// also with two CPU hogs beside the tests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_load_short_lease() {
+    redis_killed_mid_load(Variant {
+        name: "short lease",
+        store_timeout: STORE_TIMEOUT,
+        lease: LEASE,
+        max_twice: 3,
+    })
+    .await;
+}
+
+/// Store timeout 1 s, lease 30 s: no event may be handled twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_load_strict() {
+    redis_killed_mid_load(Variant::strict()).await;
+}
+
 // ---------------------------------------------------------------------------
 // Postgres connections terminated mid-load.
 // ---------------------------------------------------------------------------
+
+/// Held by each test that injects faults into the shared Postgres server
+/// (or times a lease on it), so that they run one after another: hundreds of
+/// terminated backends and their reconnections load the one postmaster that
+/// every connection goes through, and one test's fault must not become
+/// another's.
+static POSTGRES_FAULTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// `url` with `application_name=<name>` added to its query string.
 fn with_application_name(url: &str, name: &str) -> String {
@@ -319,9 +469,9 @@ fn with_application_name(url: &str, name: &str) -> String {
 /// While a paced load of 300 events (+58 duplicates) runs, another
 /// connection terminates every backend of this test's pool (matched by a
 /// unique `application_name`) every 15 ms until the last delivery is sent.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_connections_killed_mid_load() {
+async fn postgres_connections_killed_mid_load(variant: Variant) {
     use sqlx::{Connection, postgres::PgPoolOptions};
+    let _one_at_a_time = POSTGRES_FAULTS.lock().await;
     let url = common::database_url();
     if common::probe_postgres(&url).await.is_none() {
         return;
@@ -336,9 +486,8 @@ async fn postgres_connections_killed_mid_load() {
     pg.migrate().await.unwrap();
     let store = Recording::new(pg.clone());
     let handled = Handled::default();
-    // Reconnecting costs a handshake: a wider store timeout than Redis'.
-    let timeout = Duration::from_secs(1);
-    let server = Server::start(app(layer(store.clone(), timeout), handled.clone())).await;
+    let layer = layer(store.clone(), variant.store_timeout, variant.lease);
+    let server = Server::start(app(layer, handled.clone(), store.leases.clone())).await;
     let ids = plan(&name, 300);
     let started = Arc::new(AtomicUsize::new(0));
     let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
@@ -367,17 +516,20 @@ async fn postgres_connections_killed_mid_load() {
         tokio::time::sleep(Duration::from_millis(15)).await;
     }
     let load = load.await.unwrap();
-    assert!(terminated > 0, "postgres: no connection was terminated");
+    assert!(
+        terminated > 0,
+        "postgres ({}): no connection was terminated",
+        variant.name
+    );
 
-    let twice = check_load("postgres", &load, &ids, &handled, &store, timeout);
+    let twice = check_load("postgres", &variant, &load, &ids, &store);
     check_completed_remembered("postgres", server.addr, &store, &handled).await;
-    let log = store.log.lock().unwrap().clone();
     eprintln!(
-        "postgres connections killed mid-load ({terminated} backends terminated): {}; claim errors {}, \
-         completions not recorded {}, events handled twice {}",
+        "postgres connections killed mid-load ({}, {terminated} backends terminated): {}; {}; events handled \
+         twice {}",
+        variant.name,
         load.summary(),
-        log.claim_errors,
-        store.unrecorded().len(),
+        store_summary(&store),
         twice.len(),
     );
     server.stop().await;
@@ -385,6 +537,167 @@ async fn postgres_connections_killed_mid_load() {
         .execute(&mut admin)
         .await
         .unwrap();
+}
+
+/// Store timeout 1 s (reconnecting costs a handshake: wider than Redis'),
+/// lease 1 s: one completion that times out uses up its whole lease, so a
+/// later duplicate may run the handler again (the documented window).
+///
+/// At most 29 events may run twice: half of the 58 events the plan
+/// delivers twice, the only ones that can (the first delivery gets its 2xx
+/// even when its completion fails), about 10 % of the 300. One of them runs
+/// again when its first completion and every background retry failed within
+/// the 1 s lease: with the store timeout as long as the lease, one
+/// completion that takes over ~1 s (a killed connection, then a reconnect
+/// on a busy machine) is enough, so the count follows the machine's load,
+/// not the layer: 0 to 6 per run on this 2-core machine at its usual load
+/// (load average 3.5 to 5), 16 to 21 with two CPU hogs added. The bound
+/// catches second runs that became systematic (completions not stored at
+/// all: all 58); a lost retry is the strict variant's to catch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_killed_mid_load_short_lease() {
+    postgres_connections_killed_mid_load(Variant {
+        name: "short lease",
+        store_timeout: Duration::from_secs(1),
+        lease: LEASE,
+        max_twice: 29,
+    })
+    .await;
+}
+
+/// Store timeout 1 s, lease 30 s: no event may be handled twice.
+///
+/// Known failure (a defect in the layer, not in this test): on a loaded
+/// machine the run sometimes ends with deliveries that got only 503s for the
+/// sender's 30 s. Every claim that timed out leaves a background release
+/// that retries until the lease ends (30 s here); while the pool is short
+/// of connections each of those releases times out too, and up to 1024 of
+/// them keep the 8-connection pool saturated for the whole lease. The
+/// failure message then shows some 20,000 `release` calls started and a
+/// hundred or so answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_killed_mid_load_strict() {
+    postgres_connections_killed_mid_load(Variant::strict()).await;
+}
+
+// ---------------------------------------------------------------------------
+// The per-lease check itself, on scripted histories.
+// ---------------------------------------------------------------------------
+
+/// Grants every claim; answers `complete` from a script (then `Ok(true)`).
+#[derive(Debug, Default)]
+struct Scripted {
+    completes: Mutex<Vec<Result<bool, &'static str>>>,
+}
+
+#[async_trait]
+impl DedupStore for Scripted {
+    async fn claim(&self, _: &Lease, _: Duration) -> Result<Claim, StoreError> {
+        Ok(Claim::New)
+    }
+
+    async fn complete(&self, _: &Lease, _: BodyDigest, _: Duration) -> Result<bool, StoreError> {
+        let mut script = self.completes.lock().unwrap();
+        if script.is_empty() {
+            return Ok(true);
+        }
+        script.remove(0).map_err(StoreError::backend)
+    }
+
+    async fn release(&self, _: &Lease) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+}
+
+/// Runs `history` through a [`Recording`] of a [`Scripted`] store, on one
+/// spawned task as the layer would (claim, handler, complete), then
+/// `check_load` on one delivered event, allowing `max_twice`.
+async fn check_history(completes: Vec<Result<bool, &'static str>>, history: &'static str, max_twice: usize) {
+    let store = Recording::new(Arc::new(Scripted {
+        completes: Mutex::new(completes),
+    }));
+    let id = "evt-scripted";
+    let recording = store.clone();
+    tokio::spawn(async move {
+        let mut lease = None;
+        for step in history.split_whitespace() {
+            match step {
+                "claim" => {
+                    let new = Lease::generate(id.parse().unwrap());
+                    recording.claim(&new, LEASE).await.unwrap();
+                    lease = Some(new);
+                }
+                "run" => recording.leases.handler_ran(id),
+                "complete" => {
+                    let _ = recording
+                        .complete(lease.as_ref().unwrap(), BodyDigest::of(b"{}"), LEASE)
+                        .await;
+                }
+                other => panic!("unknown step {other}"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let load = Load {
+        deliveries: vec![(
+            id.to_owned(),
+            vec![Attempt {
+                status: Some(StatusCode::OK),
+                retry_after: None,
+                body: Default::default(),
+                elapsed: Duration::ZERO,
+            }],
+        )],
+        elapsed: Duration::ZERO,
+    };
+    let variant = Variant {
+        name: "scripted",
+        store_timeout: STORE_TIMEOUT,
+        lease: LEASE,
+        max_twice,
+    };
+    check_load("scripted", &variant, &load, &[id.to_owned()], &store);
+}
+
+/// The hole the per-event check left: the first completion failed, the
+/// background retry recorded it, and the event still ran again. More
+/// `complete` calls started than returned `Ok(true)`, but the lease the
+/// first run happened under was recorded: refused.
+#[tokio::test]
+#[should_panic(expected = "whose completion the store recorded")]
+async fn check_load_refuses_a_run_after_a_recorded_completion() {
+    check_history(vec![Err("cut")], "claim run complete complete claim run complete", 58).await;
+}
+
+/// The first lease's completion never landed: a second run is allowed, and
+/// counted against the bound.
+#[tokio::test]
+async fn check_load_allows_a_run_after_an_unrecorded_completion() {
+    check_history(
+        vec![Err("cut"), Err("cut")],
+        "claim run complete complete claim run complete",
+        1,
+    )
+    .await;
+}
+
+#[tokio::test]
+#[should_panic(expected = "1 events were handled more than once")]
+async fn check_load_counts_second_runs_against_the_bound() {
+    check_history(vec![Err("cut")], "claim run complete claim run complete", 0).await;
+}
+
+#[tokio::test]
+#[should_panic(expected = "run 2 of evt-scripted found no lease")]
+async fn check_load_refuses_two_runs_under_one_lease() {
+    check_history(vec![], "claim run run complete", 58).await;
+}
+
+#[tokio::test]
+#[should_panic(expected = "run 1 of evt-scripted found no lease")]
+async fn check_load_refuses_a_run_without_a_granted_lease() {
+    check_history(vec![], "run", 58).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -425,7 +738,12 @@ impl DedupStore for HangingStore {
 async fn hanging_store_answers_503_within_the_store_timeout() {
     let store = Arc::new(HangingStore::default());
     let handled = Handled::default();
-    let server = Server::start(app(layer(Arc::clone(&store), STORE_TIMEOUT), handled.clone())).await;
+    let server = Server::start(app(
+        layer(Arc::clone(&store), STORE_TIMEOUT, LEASE),
+        handled.clone(),
+        Leases::default(),
+    ))
+    .await;
     let client = client();
     let mut tasks = JoinSet::new();
     for n in 0..20 {
@@ -474,7 +792,12 @@ async fn hanging_store_frozen_redis() {
     };
     let store = RedisStore::connect(&redis.url()).await.unwrap().with_prefix("faults:");
     let handled = Handled::default();
-    let server = Server::start(app(layer(store, STORE_TIMEOUT), handled.clone())).await;
+    let server = Server::start(app(
+        layer(store, STORE_TIMEOUT, LEASE),
+        handled.clone(),
+        Leases::default(),
+    ))
+    .await;
     let client = client();
     // Warm up: connection made, scripts loaded.
     let warm = send_once(&client, server.addr, SECRET, "evt-warm", Duration::from_secs(5)).await;
@@ -746,6 +1069,10 @@ async fn receiver_sigkilled_mid_handler(backend: &str, spec: &str, key: &str) {
     let again = send_once(&client, b.addr, SECRET, &slow, Duration::from_secs(5)).await;
     assert_eq!(&again.body[..], br#"{"status":"duplicate-ignored"}"#, "{backend}");
 
+    // Child B prints `STARTED` then `HANDLED` before it answers, but the
+    // reader thread may not have taken them from the pipe yet: wait for the
+    // later line before counting.
+    wait_line(&lines, &format!("HANDLED {slow}"), Duration::from_secs(5)).await;
     let redo = send_once(&client, b.addr, SECRET, &done, Duration::from_secs(5)).await;
     assert_eq!(
         (redo.status, &redo.body[..]),
@@ -796,6 +1123,7 @@ async fn redis_receiver_sigkilled_mid_handler() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_receiver_sigkilled_mid_handler() {
     use sqlx::Connection;
+    let _one_at_a_time = POSTGRES_FAULTS.lock().await;
     let url = common::database_url();
     if common::probe_postgres(&url).await.is_none() {
         return;

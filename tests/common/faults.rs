@@ -27,7 +27,7 @@ use hyper_util::{
 };
 use klikit_webhook::{
     DedupStore, StoreError,
-    store::{BodyDigest, Claim, Lease},
+    store::{BodyDigest, Claim, Lease, LeaseToken},
     testing::{WEBHOOK_PATH, signed_request},
 };
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
@@ -164,23 +164,126 @@ impl Server {
 pub struct StoreLog {
     /// `complete` calls that returned `Ok(true)`.
     pub completed: HashMap<String, u32>,
-    /// `complete` calls that failed (error or timeout seen by the store) or
-    /// returned `Ok(false)`: the event was handled but may not be recorded.
+    /// `complete` calls that failed (error seen by the store) or returned
+    /// `Ok(false)`. A call the layer abandoned at its store timeout is not
+    /// counted here (see [`Recording`]).
     pub complete_failed: HashMap<String, u32>,
     pub claim_errors: u64,
+    /// `release` calls started, and those that returned `Ok(true)`,
+    /// `Ok(false)` or an error.
+    pub releases: u64,
+    pub released: u64,
+    pub release_not_held: u64,
     pub release_errors: u64,
 }
 
-/// Wraps a store and records the outcome of every operation. It never
-/// changes an answer. (A call the layer abandons at its store timeout is
-/// dropped mid-flight and so is not recorded here: `complete_failed` is
-/// then found by [`Recording::unrecorded`].)
+/// What happened under one lease token, as the [`Recording`] store and the
+/// test's handler saw it.
+#[derive(Debug, Default, Clone)]
+pub struct LeaseLog {
+    /// The event id the lease is on.
+    pub event_id: String,
+    /// `claim` returned `Ok(Claim::New)` for this lease (to the layer: a
+    /// claim the layer stopped waiting for is dropped before it returns, so
+    /// it never counts as granted).
+    pub granted: bool,
+    /// `complete` calls started for this lease (the first one and the
+    /// layer's background retries).
+    pub completes: u32,
+    /// Some `complete` for this lease returned `Ok(true)`: the store recorded
+    /// the event as processed under it.
+    pub recorded: bool,
+    /// Handler runs attributed to this lease, 0 or 1: a run takes the lease
+    /// (see [`Leases`]).
+    pub runs: u32,
+}
+
+/// Per lease token, what the store answered and which handler run happened
+/// under it; per event id, the handler runs in order.
+///
+/// How a handler run is attributed to its lease: the layer awaits `claim`
+/// and then the handler inside the one future that serves the request, so
+/// both run on the same Tokio task (hyper serves an HTTP/1 connection's
+/// requests one after another on the connection's task). `claim` notes the
+/// lease it granted under the current task's id; the handler takes (and so
+/// uses up) the lease noted for its task. A run that finds none (a second
+/// run after one grant, or a lease on another event id) is recorded
+/// without a lease, and `check_load` fails on it, so a change in how the
+/// layer schedules the handler shows up as a failure, never as a silently
+/// misattributed run.
+#[derive(Debug, Default, Clone)]
+pub struct Leases(Arc<Mutex<Ledger>>);
+
+#[derive(Debug, Default)]
+pub struct Ledger {
+    pub leases: HashMap<LeaseToken, LeaseLog>,
+    /// Per event id, every handler run in order, with the lease it ran under
+    /// (`None`: no lease on that id had been granted on the handler's task).
+    pub runs: HashMap<String, Vec<Option<LeaseToken>>>,
+    /// The lease last granted to a claim made on each task, until the
+    /// handler on that task takes it.
+    granted_on_task: HashMap<tokio::task::Id, LeaseToken>,
+}
+
+impl Leases {
+    /// Called by the test's handler for `event_id`: records one run, under
+    /// the lease granted on this task, if any.
+    pub fn handler_ran(&self, event_id: &str) {
+        let mut ledger = self.0.lock().unwrap();
+        let token = tokio::task::try_id()
+            .and_then(|task| ledger.granted_on_task.remove(&task))
+            .filter(|token| ledger.leases.get(token).is_some_and(|lease| lease.event_id == event_id));
+        if let Some(token) = token {
+            ledger.leases.get_mut(&token).unwrap().runs += 1;
+        }
+        ledger.runs.entry(event_id.to_owned()).or_default().push(token);
+    }
+
+    /// Reads the ledger.
+    pub fn with<T>(&self, read: impl FnOnce(&Ledger) -> T) -> T {
+        read(&self.0.lock().unwrap())
+    }
+
+    fn claim_started(&self) {
+        if let Some(task) = tokio::task::try_id() {
+            self.0.lock().unwrap().granted_on_task.remove(&task);
+        }
+    }
+
+    fn granted(&self, lease: &Lease) {
+        let mut ledger = self.0.lock().unwrap();
+        let log = ledger.leases.entry(lease.token()).or_default();
+        log.event_id = lease.event_id().to_string();
+        log.granted = true;
+        if let Some(task) = tokio::task::try_id() {
+            ledger.granted_on_task.insert(task, lease.token());
+        }
+    }
+
+    fn complete_started(&self, lease: &Lease) {
+        let mut ledger = self.0.lock().unwrap();
+        let log = ledger.leases.entry(lease.token()).or_default();
+        log.event_id = lease.event_id().to_string();
+        log.completes += 1;
+    }
+
+    fn recorded(&self, lease: &Lease) {
+        self.0.lock().unwrap().leases.entry(lease.token()).or_default().recorded = true;
+    }
+}
+
+/// Wraps a store and records the outcome of every operation, per event id
+/// ([`StoreLog`]) and per lease token ([`Leases`]). It never changes an
+/// answer. A call the layer abandons at its store timeout is dropped
+/// mid-flight and records nothing after its start: such a claim never
+/// counts as granted, such a `complete` never as recorded (even if it
+/// lands in the store later).
 #[derive(Debug, Clone)]
 pub struct Recording<S> {
     pub inner: S,
     pub log: Arc<Mutex<StoreLog>>,
-    /// Event ids whose `complete` was started (recorded before the call).
-    pub complete_started: Arc<Mutex<HashMap<String, u32>>>,
+    /// Shared with the test's handler, which reports its runs here.
+    pub leases: Leases,
 }
 
 impl<S> Recording<S> {
@@ -188,38 +291,31 @@ impl<S> Recording<S> {
         Self {
             inner,
             log: Arc::default(),
-            complete_started: Arc::default(),
+            leases: Leases::default(),
         }
-    }
-
-    /// Event ids for which some `complete` call did not return `Ok(true)`
-    /// (it failed, found the lease stale, or was abandoned at the layer's
-    /// store timeout): more calls started than succeeded.
-    pub fn unrecorded(&self) -> Vec<String> {
-        let started = self.complete_started.lock().unwrap();
-        let log = self.log.lock().unwrap();
-        started
-            .iter()
-            .filter(|(id, n)| log.completed.get(*id).copied().unwrap_or(0) < **n)
-            .map(|(id, _)| id.clone())
-            .collect()
     }
 }
 
 #[async_trait]
 impl<S: DedupStore> DedupStore for Recording<S> {
     async fn claim(&self, lease: &Lease, ttl: Duration) -> Result<Claim, StoreError> {
+        self.leases.claim_started();
         let result = self.inner.claim(lease, ttl).await;
-        if result.is_err() {
-            self.log.lock().unwrap().claim_errors += 1;
+        match &result {
+            Ok(Claim::New) => self.leases.granted(lease),
+            Ok(_) => {}
+            Err(_) => self.log.lock().unwrap().claim_errors += 1,
         }
         result
     }
 
     async fn complete(&self, lease: &Lease, digest: BodyDigest, retain: Duration) -> Result<bool, StoreError> {
         let id = lease.event_id().to_string();
-        *self.complete_started.lock().unwrap().entry(id.clone()).or_default() += 1;
+        self.leases.complete_started(lease);
         let result = self.inner.complete(lease, digest, retain).await;
+        if let Ok(true) = result {
+            self.leases.recorded(lease);
+        }
         let mut log = self.log.lock().unwrap();
         match &result {
             Ok(true) => *log.completed.entry(id).or_default() += 1,
@@ -229,10 +325,15 @@ impl<S: DedupStore> DedupStore for Recording<S> {
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool, StoreError> {
+        self.log.lock().unwrap().releases += 1;
         let result = self.inner.release(lease).await;
-        if result.is_err() {
-            self.log.lock().unwrap().release_errors += 1;
+        let mut log = self.log.lock().unwrap();
+        match result {
+            Ok(true) => log.released += 1,
+            Ok(false) => log.release_not_held += 1,
+            Err(_) => log.release_errors += 1,
         }
+        drop(log);
         result
     }
 }

@@ -128,6 +128,12 @@ impl KlikitWebhookLayer {
     /// completion lets a duplicate after the lease be processed again, a
     /// dropped release makes the event wait (409) until its lease ends.
     pub const MAX_BACKGROUND_TASKS: usize = crate::service::MAX_BACKGROUND_TASKS;
+    /// How many of those background tasks call the store at once (4); the
+    /// others wait their turn. Background work thus never holds more than
+    /// this many of the store's connections: after a burst of timed-out
+    /// claims (a saturated pool), their releases must not keep the pool
+    /// saturated and starve the deliveries in front.
+    pub const MAX_BACKGROUND_CALLS: usize = crate::service::MAX_BACKGROUND_CALLS;
 
     /// A layer that verifies with `secret` and deduplicates in a
     /// [`MemoryStore`].

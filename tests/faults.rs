@@ -767,15 +767,35 @@ async fn hanging_store_answers_503_within_the_store_timeout() {
     assert!(handled.lock().unwrap().is_empty(), "the handler ran");
     assert_eq!(store.claims.load(Ordering::SeqCst), 20);
     assert_eq!(store.completes.load(Ordering::SeqCst), 0, "a claim was completed");
+    // Each claim the layer gave up on gets a background release (it might
+    // still land). The layer makes at most `MAX_BACKGROUND_CALLS` background
+    // store calls at once, and this store hangs each until the store
+    // timeout: releases start at once, in rounds of at most that many, and
+    // none starts after the lease (counted from the claim) has ended.
+    let calls = KlikitWebhookLayer::MAX_BACKGROUND_CALLS;
     let started = Instant::now();
-    while store.releases.load(Ordering::SeqCst) < 20 {
+    while store.releases.load(Ordering::SeqCst) < calls {
         assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "{} of 20 abandoned claims were released",
+            started.elapsed() < STORE_TIMEOUT + Duration::from_secs(1),
+            "only {} abandoned claims were released",
             store.releases.load(Ordering::SeqCst)
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    tokio::time::sleep(LEASE + Duration::from_millis(500)).await;
+    let released = store.releases.load(Ordering::SeqCst);
+    let rounds = usize::try_from((LEASE + STORE_TIMEOUT).as_millis() / STORE_TIMEOUT.as_millis()).unwrap() + 1;
+    assert!(
+        released <= rounds * calls,
+        "{released} background releases in one lease: more than {calls} at a time"
+    );
+    let after_lease = store.releases.load(Ordering::SeqCst);
+    tokio::time::sleep(STORE_TIMEOUT * 2).await;
+    assert_eq!(
+        store.releases.load(Ordering::SeqCst),
+        after_lease,
+        "a release started after the lease had ended"
+    );
     server.stop().await;
 }
 

@@ -21,19 +21,42 @@ use crate::{
 /// layer runs at once. See [`KlikitWebhookLayer::MAX_BACKGROUND_TASKS`](crate::KlikitWebhookLayer::MAX_BACKGROUND_TASKS).
 pub(crate) const MAX_BACKGROUND_TASKS: usize = 1024;
 
+/// How many background store calls one layer makes at once. The tasks wait
+/// for a turn, so background work never holds more than this many of the
+/// store's connections: a burst of timed-out claims (a saturated pool) must
+/// not keep the pool saturated with their releases and starve the
+/// deliveries in front.
+pub(crate) const MAX_BACKGROUND_CALLS: usize = 4;
+
 /// The first delay between two background attempts, doubled after each.
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(25);
 /// The longest delay between two background attempts.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(1);
 
-/// The permits of a layer's background store tasks: one semaphore shared by
-/// every service the layer makes.
+/// The permits of a layer's background store work, shared by every service
+/// the layer makes: one per task ([`MAX_BACKGROUND_TASKS`]), and one per
+/// store call in flight ([`MAX_BACKGROUND_CALLS`]).
 #[derive(Clone)]
-pub(crate) struct Background(Arc<Semaphore>);
+pub(crate) struct Background {
+    tasks: Arc<Semaphore>,
+    calls: Arc<Semaphore>,
+}
 
 impl Background {
     pub(crate) fn new() -> Self {
-        Self(Arc::new(Semaphore::new(MAX_BACKGROUND_TASKS)))
+        Self {
+            tasks: Arc::new(Semaphore::new(MAX_BACKGROUND_TASKS)),
+            calls: Arc::new(Semaphore::new(MAX_BACKGROUND_CALLS)),
+        }
+    }
+
+    /// Waits for a turn to call the store, until `end` at the latest.
+    async fn call_turn(&self, end: Option<Instant>) -> Option<OwnedSemaphorePermit> {
+        let turn = Arc::clone(&self.calls).acquire_owned();
+        match end {
+            Some(end) => tokio::time::timeout_at(end, turn).await.ok()?.ok(),
+            None => turn.await.ok(),
+        }
     }
 
     /// Runs `task` on the current Tokio runtime if a permit is free;
@@ -51,7 +74,7 @@ impl Background {
             );
             return;
         };
-        let Ok(permit) = Arc::clone(&self.0).try_acquire_owned() else {
+        let Ok(permit) = Arc::clone(&self.tasks).try_acquire_owned() else {
             tracing::error!(
                 event_id = %held.event_id,
                 key = held.key(),
@@ -71,8 +94,9 @@ impl Background {
 impl fmt::Debug for Background {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Background")
-            .field("running", &(MAX_BACKGROUND_TASKS - self.0.available_permits()))
+            .field("running", &(MAX_BACKGROUND_TASKS - self.tasks.available_permits()))
             .field("limit", &MAX_BACKGROUND_TASKS)
+            .field("calls", &(MAX_BACKGROUND_CALLS - self.calls.available_permits()))
             .finish()
     }
 }
@@ -92,8 +116,12 @@ pub(super) fn retry_complete(config: &Arc<Config>, held: &Held, digest: BodyDige
     config.background.spawn(&held.clone(), "complete", lost, async move {
         let config = task_config;
         let (lease, event_id, key) = (&held.lease, &held.event_id, held.key());
-        let mut backoff = Backoff::new(held.lease_end(&config), lease);
+        let end = held.lease_end(&config);
+        let mut backoff = Backoff::new(end, lease);
         while backoff.wait().await {
+            let Some(_turn) = config.background.call_turn(end).await else {
+                break;
+            };
             match with_timeout(
                 config.store_timeout,
                 config.store.complete(lease, digest, config.retention),
@@ -147,9 +175,13 @@ pub(super) fn spawn_release(config: &Arc<Config>, held: Held, until: ReleaseUnti
     config.background.spawn(&held.clone(), "release", lost, async move {
         let config = task_config;
         let (lease, event_id, key) = (&held.lease, &held.event_id, held.key());
-        let mut backoff = Backoff::new(held.lease_end(&config), lease);
+        let end = held.lease_end(&config);
+        let mut backoff = Backoff::new(end, lease);
         let mut last_error = None;
         while backoff.wait().await {
+            let Some(_turn) = config.background.call_turn(end).await else {
+                break;
+            };
             match with_timeout(config.store_timeout, config.store.release(lease)).await {
                 Ok(true) => {
                     tracing::info!(%event_id, key, attempts = backoff.attempts, "claim released in the background");

@@ -29,7 +29,7 @@ use http_body_util::Full;
 use tower_service::Service;
 use tracing::Instrument;
 
-pub(crate) use self::background::{Background, MAX_BACKGROUND_TASKS};
+pub(crate) use self::background::{Background, MAX_BACKGROUND_CALLS, MAX_BACKGROUND_TASKS};
 pub use self::future::ResponseFuture;
 use self::{
     body::IncomingBody,

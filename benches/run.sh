@@ -36,7 +36,13 @@
 #   SOAK [200000]       deliveries of the RSS soak, 0 skips it
 #   REDIS_URL [redis://127.0.0.1:6379]
 #   DATABASE_URL [postgres://postgres@127.0.0.1:5432/test]
-#   BASELINE []         a results folder of an earlier run: summary.md then compares Postgres and Redis with it
+#   BEFORE []           a git commit (e.g. the last one before a store change): its reference receiver is
+#                       built too (in a copy of that commit under ${TMPDIR:-/tmp}, target dir
+#                       $CARGO_TARGET_DIR/before-<sha>), and the configurations memory-before, sqlite-before,
+#                       redis-before, postgres-before run it in the same rounds as the others (added to the
+#                       default CONFIGS); summary.md then compares each store with its state at BEFORE
+#   BASELINE []         a results folder of an earlier run: without BEFORE, summary.md compares Postgres and
+#                       Redis with it
 #   MACHINE [<hostname>-<cpu model>-<n>cpu]   the machine's short name in the folder name
 #   RESULTS [benches/results/<date>-<MACHINE>]  the output folder
 #   VENV [/tmp/klikit-bench-venv]              the Python venv (reused if it has what is needed)
@@ -59,7 +65,8 @@ ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-5}"
 WARMUP="${WARMUP:-1}"
 CONNECTIONS="${CONNECTIONS:-32}"
-CONFIGS="${CONFIGS:-twin,memory,sqlite,redis,postgres}"
+BEFORE="${BEFORE:-}"
+CONFIGS="${CONFIGS:-twin,memory,sqlite,redis,postgres${BEFORE:+,memory-before,sqlite-before,redis-before,postgres-before}}"
 SERVER_CPU="${SERVER_CPU:-0}"
 DRIVER_CPU="${DRIVER_CPU:-1}"
 MICRO="${MICRO:-1}"
@@ -99,6 +106,11 @@ if has_config postgres; then
   command -v psql >/dev/null || die "psql is not on PATH"
   psql "$DATABASE_URL" -X -qtAc 'SELECT 1' >/dev/null || die "no Postgres answers at DATABASE_URL"
 fi
+BEFORE_SHA=""
+if [[ -n "$BEFORE" ]]; then
+  BEFORE_SHA=$(git rev-parse --verify --quiet "$BEFORE^{commit}") || die "BEFORE=$BEFORE is not a commit of this repository"
+fi
+if [[ "$CONFIGS" == *-before* && -z "$BEFORE_SHA" ]]; then die "CONFIGS names a *-before configuration: set BEFORE"; fi
 if [[ -n "$BASELINE" ]]; then
   compgen -G "$BASELINE/load/round-*.csv" >/dev/null || die "BASELINE=$BASELINE holds no load/round-*.csv"
 fi
@@ -131,7 +143,7 @@ say "results: $RESULTS (run id $RUN_ID)"
   git status --porcelain --untracked-files=no 2>/dev/null | sed 's/^/  /'
   echo "knobs: ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP CONNECTIONS=$CONNECTIONS CONFIGS=$CONFIGS"
   echo "       SERVER_CPU=$SERVER_CPU DRIVER_CPU=$DRIVER_CPU MICRO=$MICRO MICRO_WARMUP=$MICRO_WARMUP MICRO_TIME=$MICRO_TIME MICRO_SAMPLES=$MICRO_SAMPLES SOAK=$SOAK"
-  echo "       BASELINE=${BASELINE:-none}"
+  echo "       BEFORE=${BEFORE:-none}${BEFORE_SHA:+ ($BEFORE_SHA)} BASELINE=${BASELINE:-none}"
   echo "stores: SQLite in a fresh directory per round under ${TMPDIR:-/tmp}/klikit-bench-$RUN_ID;"
   echo "        Redis keys klikit:dedup:$RUN_ID-r<round>-*; Postgres schema klikit_bench_${RUN_ID}_r<round>"
   echo "        (URLs not recorded: they may hold passwords)"
@@ -158,6 +170,16 @@ phase "setup"
   cargo build --release -p klikit-cli --example receiver
   cargo build --release -p klikit-webhook --example bare_twin --example load
   if [[ "$MICRO" == 1 ]]; then cargo bench -p klikit-webhook --bench verify --bench layer --bench store --no-run; fi
+  if [[ -n "$BEFORE_SHA" ]]; then
+    # The receiver as it was at BEFORE, from that commit's files and lock file.
+    before_src="${TMPDIR:-/tmp}/klikit-before-$BEFORE_SHA"
+    if [[ ! -f "$before_src/Cargo.lock" ]]; then
+      rm -rf "$before_src" && mkdir -p "$before_src"
+      git archive "$BEFORE_SHA" | tar -x -C "$before_src"
+    fi
+    (cd "$before_src" && CARGO_TARGET_DIR="$CARGO_TARGET_DIR/before-$BEFORE_SHA" \
+      cargo build --release --locked -p klikit-cli --example receiver)
+  fi
 } >"$RESULTS/build.log" 2>&1 || { tail -30 "$RESULTS/build.log" >&2; die "build failed (see $RESULTS/build.log)"; }
 phase "build"
 
@@ -172,14 +194,15 @@ if ! "$VENV/bin/python" -c "import $imports" 2>/dev/null; then
 fi
 "$VENV/bin/python" -m pip freeze --disable-pip-version-check >"$RESULTS/python-packages.txt"
 phase "venv"
-flask_args=()
-if has_config flask; then flask_args=(--flask-venv "$VENV"); fi
+load_args=()
+if has_config flask; then load_args=(--flask-venv "$VENV"); fi
+if [[ -n "$BEFORE_SHA" ]]; then load_args+=(--before-bin-dir "$CARGO_TARGET_DIR/before-$BEFORE_SHA/release/examples"); fi
 
 LOAD="$CARGO_TARGET_DIR/release/examples/load"
 load() {
   taskset -c "$DRIVER_CPU" "$LOAD" --run-id "$RUN_ID" --server-cpu "$SERVER_CPU" \
     --warmup "$WARMUP" --duration "$DURATION" --connections "$CONNECTIONS" \
-    --log-dir "$RESULTS/load/logs" "${flask_args[@]}" "$@"
+    --log-dir "$RESULTS/load/logs" "${load_args[@]}" "$@"
 }
 
 # ---- the interleaved rounds

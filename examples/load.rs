@@ -34,7 +34,12 @@
 //! - `memory-dup20`, `twin-dup20`: 20 % of the ids repeat one sent 1024 to
 //!   2047 requests earlier (long finished);
 //! - `flask`: `benches/flask_receiver.py` under gunicorn (2 sync workers),
-//!   with `--flask-venv`.
+//!   with `--flask-venv`;
+//! - `memory-before`, `sqlite-before`, `redis-before`, `postgres-before`: the
+//!   reference receiver built from another commit (`benches/run.sh` builds
+//!   the one its `BEFORE` names), found in `--before-bin-dir`, with that
+//!   store: today's stores against the same stores before a change, in the
+//!   same rounds.
 //!
 //! Every event id carries `--run-id` and the round (`<run id>-r<round>-<n>`),
 //! so the Redis keys of a run (`klikit:dedup:<run id>-r<round>-…`) are
@@ -109,14 +114,18 @@ struct Options {
     csv: Option<PathBuf>,
     soak: u64,
     soak_csv: Option<PathBuf>,
+    /// Where the `receiver` built from the `BEFORE` commit is (`--before-bin-dir`),
+    /// for the `*-before` configurations.
+    before_bin_dir: Option<PathBuf>,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: load [--configs {DEFAULT_CONFIGS}] [--round N] [--run-id ID] [--warmup S] [--duration S] \
          [--connections N] [--server-cpu LIST] [--bin-dir DIR] [--work-dir DIR] [--log-dir DIR] \
-         [--flask-venv DIR] [--csv FILE] [--soak N] [--soak-csv FILE]\n\
-         configurations: twin memory sqlite redis postgres twin-ok memory-dup20 twin-dup20 flask"
+         [--flask-venv DIR] [--csv FILE] [--soak N] [--soak-csv FILE] [--before-bin-dir DIR]\n\
+         configurations: twin memory sqlite redis postgres twin-ok memory-dup20 twin-dup20 flask \
+         memory-before sqlite-before redis-before postgres-before"
     );
     std::process::exit(2)
 }
@@ -142,6 +151,7 @@ fn options() -> Options {
         csv: None,
         soak: 0,
         soak_csv: None,
+        before_bin_dir: None,
     };
     let mut work_dir = None;
     let mut args = std::env::args().skip(1);
@@ -163,6 +173,7 @@ fn options() -> Options {
             "--csv" => o.csv = Some(value().into()),
             "--soak" => o.soak = value().parse().unwrap_or_else(|_| usage()),
             "--soak-csv" => o.soak_csv = Some(value().into()),
+            "--before-bin-dir" => o.before_bin_dir = Some(value().into()),
             _ => usage(),
         }
     }
@@ -183,6 +194,10 @@ fn options() -> Options {
         };
         if config.server == Server::Flask && o.flask.is_none() {
             eprintln!("load: configuration flask needs --flask-venv");
+            usage();
+        }
+        if config.before && o.before_bin_dir.is_none() {
+            eprintln!("load: configuration {key} needs --before-bin-dir");
             usage();
         }
         o.configs.push(config);
@@ -219,10 +234,12 @@ struct Config {
     server: Server,
     path: &'static str,
     ids: Ids,
+    /// Runs the receiver built from the `BEFORE` commit (`--before-bin-dir`).
+    before: bool,
 }
 
 impl Config {
-    const ALL: [Config; 9] = [
+    const ALL: [Config; 13] = [
         Config::new(
             "twin",
             "twin (hand-written axum)",
@@ -280,6 +297,14 @@ impl Config {
             WEBHOOK_PATH,
             Ids::Unique,
         ),
+        Config::before("memory-before", "receiver @ BEFORE + MemoryStore", Store::Memory),
+        Config::before(
+            "sqlite-before",
+            "receiver @ BEFORE + SqliteStore (default)",
+            Store::Sqlite,
+        ),
+        Config::before("redis-before", "receiver @ BEFORE + RedisStore", Store::Redis),
+        Config::before("postgres-before", "receiver @ BEFORE + PostgresStore", Store::Postgres),
     ];
 
     const fn new(key: &'static str, label: &'static str, server: Server, path: &'static str, ids: Ids) -> Self {
@@ -289,6 +314,15 @@ impl Config {
             server,
             path,
             ids,
+            before: false,
+        }
+    }
+
+    /// The reference receiver of the `BEFORE` commit with `store`.
+    const fn before(key: &'static str, label: &'static str, store: Store) -> Self {
+        Self {
+            before: true,
+            ..Self::new(key, label, Server::Receiver(store), WEBHOOK_PATH, Ids::Unique)
         }
     }
 
@@ -373,7 +407,11 @@ impl StoreRun {
                 psql(&format!("CREATE SCHEMA {}", run.schema));
                 let url = postgres_url();
                 let separator = if url.contains('?') { '&' } else { '?' };
-                run.spec = Some(format!("{url}{separator}options[search_path]={}", run.schema));
+                // libpq's `options` parameter (`-c search_path=<schema>`,
+                // percent-encoded): sqlx and tokio-postgres both read it, so
+                // the receivers before and after the driver change get the
+                // same URL.
+                run.spec = Some(format!("{url}{separator}options=-c%20search_path%3D{}", run.schema));
             }
         }
         run
@@ -455,7 +493,7 @@ impl Drop for Running {
     }
 }
 
-fn start(server: Server, store: Option<&StoreRun>, log: &str, opts: &Options) -> Running {
+fn start(server: Server, bin_dir: &Path, store: Option<&StoreRun>, log: &str, opts: &Options) -> Running {
     let port = PORT.to_string();
     assert!(
         std::net::TcpStream::connect(addr()).is_err(),
@@ -466,14 +504,14 @@ fn start(server: Server, store: Option<&StoreRun>, log: &str, opts: &Options) ->
     match server {
         Server::Receiver(_) => {
             let store = store.expect("a receiver has a store");
-            command.arg(opts.bin_dir.join("receiver")).current_dir(&store.dir);
+            command.arg(bin_dir.join("receiver")).current_dir(&store.dir);
             match &store.spec {
                 Some(spec) => command.env("KLIKIT_STORE", spec),
                 None => command.env_remove("KLIKIT_STORE"),
             };
         }
         Server::Twin => {
-            command.arg(opts.bin_dir.join("bare_twin"));
+            command.arg(bin_dir.join("bare_twin"));
         }
         Server::Flask => {
             let venv = opts.flask.as_ref().unwrap();
@@ -810,7 +848,11 @@ fn run(config: Config, opts: &Options, bodies: &Rc<Vec<(Vec<u8>, String)>>, tck:
         Server::Twin | Server::Flask => None,
     };
     let log = format!("server-r{}-{}.log", opts.round, config.key);
-    let server = start(config.server, store.as_ref(), &log, opts);
+    let bin_dir = match &opts.before_bin_dir {
+        Some(before) if config.before => before,
+        _ => &opts.bin_dir,
+    };
+    let server = start(config.server, bin_dir, store.as_ref(), &log, opts);
     let pid = server.child.id();
     let shared = Rc::new(Shared {
         phase: Cell::new(Phase::Warmup),
@@ -870,6 +912,7 @@ fn soak(config: Config, total: u64, step: u64, opts: &Options, bodies: &Rc<Vec<(
     };
     let running = start(
         config.server,
+        &opts.bin_dir,
         store.as_ref(),
         &format!("server-soak-{}.log", config.key),
         opts,

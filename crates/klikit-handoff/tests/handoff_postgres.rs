@@ -74,7 +74,7 @@ async fn execute(pool: &Pool, sql: &str) {
 }
 
 /// The rows `sql` returns.
-async fn rows(pool: &Pool, sql: &str) -> Vec<klikit_handoff::postgres::tokio_postgres::Row> {
+async fn query_rows(pool: &Pool, sql: &str) -> Vec<klikit_handoff::postgres::tokio_postgres::Row> {
     client(pool)
         .await
         .query(sql, &[])
@@ -146,7 +146,7 @@ async fn send(app: &Router, id: &str, body: &str) -> (StatusCode, String) {
 }
 
 async fn scalar(pool: &Pool, sql: String) -> i64 {
-    rows(pool, &sql).await.first().expect("one row").get(0)
+    query_rows(pool, &sql).await.first().expect("one row").get(0)
 }
 
 /// A dedup store and an outbox (with the store) on fresh tables.
@@ -214,7 +214,7 @@ async fn enqueue_is_idempotent_on_event_id() {
         eprintln!("enqueue_is_idempotent_on_event_id: 4 enqueues (3 of evt-1) -> queued {answers:?}, {rows} rows");
         assert_eq!(answers, [true, false, false, true]);
         assert_eq!(rows, 2, "one row per event id");
-        let body: Vec<u8> = rows(&db, &format!(r#"SELECT body FROM "{name}" WHERE event_id = 'evt-1'"#))
+        let body: Vec<u8> = query_rows(&db, &format!(r#"SELECT body FROM "{name}" WHERE event_id = 'evt-1'"#))
             .await
             .first()
             .expect("row")
@@ -461,7 +461,7 @@ async fn worker_retries_gives_up_and_rolls_back_failed_effects() {
         assert_eq!(worker.process_batch(&process).await.expect("batch"), 1);
         assert_eq!(worker.process_batch(&process).await.expect("batch"), 0);
 
-        let effects: Vec<String> = rows(&db, &format!(r#"SELECT event_id FROM "{e}" ORDER BY event_id"#))
+        let effects: Vec<String> = query_rows(&db, &format!(r#"SELECT event_id FROM "{e}" ORDER BY event_id"#))
             .await
             .iter()
             .map(|row| row.get(0))
@@ -476,7 +476,7 @@ async fn worker_retries_gives_up_and_rolls_back_failed_effects() {
             format!(r#"SELECT count(*) FROM "{t}" WHERE processed_at IS NOT NULL"#),
         )
         .await;
-        let dead: Vec<(String, i32)> = rows(
+        let dead: Vec<(String, i32)> = query_rows(
             &db,
             &format!(r#"SELECT event_id, attempts FROM "{}""#, outbox.dead_letter_table()),
         )

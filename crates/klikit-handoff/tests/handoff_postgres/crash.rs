@@ -23,7 +23,7 @@ use klikit_webhook::testing::WEBHOOK_PATH;
 use tokio::sync::mpsc;
 
 use super::{
-    DUPLICATE, RECEIVED, client, common, execute, layer, order_body, pool_or_skip, rows, scalar, send,
+    DUPLICATE, RECEIVED, client, common, execute, layer, order_body, pool_or_skip, query_rows, scalar, send,
     store_and_outbox, unique, with_cleanup,
 };
 
@@ -344,7 +344,7 @@ async fn full_path_worker_killed_mid_batch_processes_every_event_once() {
             ledger.record(worker, &line);
         }
 
-        let per_event: Vec<(String, i64, Vec<u8>)> = rows(
+        let per_event: Vec<(String, i64, Vec<u8>)> = query_rows(
             &db,
             &format!(
                 r#"SELECT event_id, count(*), (array_agg(body))[1] FROM "{e}" GROUP BY event_id ORDER BY event_id"#
@@ -354,7 +354,7 @@ async fn full_path_worker_killed_mid_batch_processes_every_event_once() {
         .iter()
         .map(|row| (row.get(0), row.get(1), row.get(2)))
         .collect();
-        let by_pid: Vec<(i32, i64)> = rows(
+        let by_pid: Vec<(i32, i64)> = query_rows(
             &db,
             &format!(r#"SELECT pid, count(*) FROM "{e}" GROUP BY pid ORDER BY pid"#),
         )

@@ -19,7 +19,7 @@ use klikit_handoff::postgres::deadpool_postgres::{Pool, Transaction};
 use klikit_handoff::postgres::{OutboxError, OutboxWorker, PostgresOutbox, ProcessError};
 use klikit_webhook::{EventId, KlikitEvent};
 
-use super::{as_process, event, execute, order_body, pool_or_skip, rows, scalar, unique, with_cleanup};
+use super::{as_process, event, execute, order_body, pool_or_skip, query_rows, scalar, unique, with_cleanup};
 
 const MAX_ATTEMPTS: u32 = 3;
 const POISON: &str = "poison";
@@ -125,7 +125,7 @@ where
 
 /// `(event_id, number of effect rows)`, by event id.
 async fn effects_per_event(db: &Pool, effects: &str) -> BTreeMap<String, i64> {
-    rows(
+    query_rows(
         db,
         &format!(r#"SELECT event_id, count(*) FROM "{effects}" GROUP BY event_id"#),
     )
@@ -137,7 +137,7 @@ async fn effects_per_event(db: &Pool, effects: &str) -> BTreeMap<String, i64> {
 
 /// `(event_id, attempts, last_error)` of every dead letter.
 async fn dead_letters(db: &Pool, table: &str) -> Vec<(String, i32, String)> {
-    rows(
+    query_rows(
         db,
         &format!(r#"SELECT event_id, attempts, last_error FROM "{table}_dead" ORDER BY event_id"#),
     )
@@ -298,7 +298,7 @@ async fn retry_limit_dead_letters_after_max_attempts_and_processes_a_late_succes
             "the last attempt's error: {:?}",
             dead[0].2
         );
-        let late: (i32, bool) = rows(
+        let late: (i32, bool) = query_rows(
             &db,
             &format!(r#"SELECT attempts, processed_at IS NOT NULL FROM "{t}" WHERE event_id = 'late'"#),
         )
@@ -410,7 +410,7 @@ async fn replayed_dead_letter_is_processed_once() {
             dead_letters(&db, &t).await.is_empty(),
             "replayed: no longer a dead letter"
         );
-        let row: (i32, i64, bool) = rows(
+        let row: (i32, i64, bool) = query_rows(
             &db,
             &format!(
                 r#"SELECT attempts, (extract(epoch FROM enqueued_at) * 1e6)::bigint, processed_at IS NULL

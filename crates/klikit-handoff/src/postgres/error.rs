@@ -118,3 +118,26 @@ pub(super) fn describe(error: &(dyn std::error::Error + 'static)) -> String {
 #[derive(Debug, thiserror::Error)]
 #[error("{}", describe(.0))]
 pub(super) struct DescribedError(#[source] pub(super) tokio_postgres::Error);
+
+#[cfg(test)]
+mod tests {
+    use super::describe;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("db error")]
+    struct Outer(#[source] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outbox database error: {0}")]
+    struct Repeats(#[source] std::io::Error);
+
+    #[test]
+    fn describe_appends_the_sources_it_does_not_already_say() {
+        let io = || std::io::Error::other("ERROR: relation \"t\" does not exist");
+        assert_eq!(describe(&Outer(io())), "db error: ERROR: relation \"t\" does not exist");
+        assert_eq!(
+            describe(&Repeats(io())),
+            "outbox database error: ERROR: relation \"t\" does not exist"
+        );
+    }
+}

@@ -229,47 +229,52 @@ async fn connect_reports_a_bad_url_and_a_dead_server() {
     assert!(!message.contains("hunter2"), "the password leaked: {message}");
 }
 
-/// A hot-path connection that the server terminates is replaced: the call
-/// that saw it break gets a `StoreError`, a later one succeeds.
+/// A hot-path connection that the server terminates is replaced, with
+/// pooled connections and with pipelines: the calls that saw it break get a
+/// `StoreError`, a later one succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminated_connection_is_replaced() {
     let Some(factory) = factory().await else { return };
-    let name = namespace();
-    let separator = if factory.url.contains('?') { '&' } else { '?' };
-    let url = format!("{}{separator}application_name={name}", factory.url);
-    let store = PostgresStore::new(common::postgres_pool(&url, 4))
-        .with_table(&name)
-        .unwrap();
-    store.migrate().await.unwrap();
-    let lease = Lease::generate(id("before"));
-    assert_eq!(store.claim(&lease, Duration::from_secs(60)).await.unwrap(), Claim::New);
     let admin = factory.pool().await;
-    let killed = common::postgres_i64(
-        &admin,
-        &format!(
-            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity              WHERE application_name = '{name}'"
-        ),
-    )
-    .await;
-    assert!(killed > 0);
-    let mut errors = 0;
-    let mut done = false;
-    for _ in 0..20 {
-        match store.complete(&lease, digest(), Duration::from_secs(60)).await {
-            Ok(completed) => {
-                assert!(completed);
-                done = true;
-                break;
-            }
-            Err(error) => {
-                assert!(matches!(error, klikit_webhook::StoreError::Backend(_)), "{error:?}");
-                errors += 1;
+    for pipelines in [0, 2] {
+        let name = namespace();
+        let separator = if factory.url.contains('?') { '&' } else { '?' };
+        let url = format!("{}{separator}application_name={name}", factory.url);
+        let store = PostgresStore::new(common::postgres_pool(&url, 4))
+            .with_pipelines(pipelines)
+            .with_table(&name)
+            .unwrap();
+        store.migrate().await.unwrap();
+        let lease = Lease::generate(id("before"));
+        assert_eq!(store.claim(&lease, Duration::from_secs(60)).await.unwrap(), Claim::New);
+        let killed = common::postgres_i64(
+            &admin,
+            &format!(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE application_name = '{name}'"
+            ),
+        )
+        .await;
+        assert!(killed > 0);
+        let mut errors = 0;
+        let mut done = false;
+        for _ in 0..20 {
+            match store.complete(&lease, digest(), Duration::from_secs(60)).await {
+                Ok(completed) => {
+                    assert!(completed);
+                    done = true;
+                    break;
+                }
+                Err(error) => {
+                    assert!(matches!(error, klikit_webhook::StoreError::Backend(_)), "{error:?}");
+                    errors += 1;
+                }
             }
         }
+        assert!(done, "pipelines {pipelines}: never reconnected ({errors} errors)");
+        assert!(errors <= 4, "pipelines {pipelines}: {errors} errors");
+        common::postgres_execute(&admin, &format!(r#"DROP TABLE "{name}""#)).await;
     }
-    assert!(done, "never reconnected ({errors} errors)");
-    assert!(errors <= PostgresStore::DEFAULT_PIPELINES, "{errors} errors");
-    common::postgres_execute(&admin, &format!(r#"DROP TABLE "{name}""#)).await;
 }
 
 /// `complete_event_in` inside a transaction: rolled back, nothing changes;

@@ -431,7 +431,10 @@ async fn worker_retries_gives_up_and_rolls_back_failed_effects() {
         }
         let worker = OutboxWorker::new(&outbox)
             .with_batch_size(10)
-            .with_retry_delay(Duration::from_millis(50), Duration::from_millis(50));
+            // Long enough that "flaky" is not due again within the first
+            // batch on a loaded machine (it was 50 ms: a batch slower than
+            // that took "flaky" twice), short enough to wait out below.
+            .with_retry_delay(Duration::from_millis(500), Duration::from_millis(500));
         let calls = Arc::new(std::sync::Mutex::new(BTreeMap::<String, u32>::new()));
         let insert = Arc::new(format!(r#"INSERT INTO "{e}" (event_id) VALUES ($1)"#));
         let process = as_process(|tx, event| {
@@ -457,7 +460,7 @@ async fn worker_retries_gives_up_and_rolls_back_failed_effects() {
         });
         assert_eq!(worker.process_batch(&process).await.expect("batch"), 3);
         assert_eq!(worker.process_batch(&process).await.expect("batch"), 0, "flaky waits");
-        tokio::time::sleep(Duration::from_millis(80)).await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
         assert_eq!(worker.process_batch(&process).await.expect("batch"), 1);
         assert_eq!(worker.process_batch(&process).await.expect("batch"), 0);
 

@@ -28,7 +28,7 @@
 //!   `klikit-dedup.sqlite3` there. `redis` uses `REDIS_URL` (default
 //!   `redis://127.0.0.1:6379`); `postgres` uses `DATABASE_URL` (default
 //!   `postgres://postgres@127.0.0.1:5432/test`) with a fresh schema, and so a
-//!   fresh table, per run (`options[search_path]` in the URL);
+//!   fresh table, per run (`options=-csearch_path%3D<schema>` in the URL);
 //! - `twin-ok`: the twin's `/ok` route, which only answers 200 (the ceiling
 //!   of axum + hyper on this machine);
 //! - `memory-dup20`, `twin-dup20`: 20 % of the ids repeat one sent 1024 to

@@ -261,7 +261,7 @@
 //! | `axum` | yes | the `KlikitEvent` and `KlikitPayload` extractors |
 //! | `sqlite` | no | `SqliteStore`: an embedded, persistent dedup store (bundled SQLite, via sqlx) |
 //! | `redis` | no | `RedisStore`: a dedup store shared by every instance, in Redis |
-//! | `postgres` | no | `PostgresStore`: a dedup store shared by every instance, in a Postgres table (sqlx) |
+//! | `postgres` | no | `PostgresStore`: a dedup store shared by every instance, in a Postgres table (tokio-postgres, deadpool-postgres pool) |
 //! | `test-util` | no | `testing`: `signed_request` (a delivery as Klikit sends it) and `conformance`, the test suite for dedup stores |
 //! | `metrics` | no | per-outcome counters and a latency histogram through the `metrics` facade ([`metrics`]) |
 //! | `tonic` | no | [`FromJson`] for `tonic::body::Body`, to stack the layer in a tonic server |

@@ -470,18 +470,13 @@ fn with_application_name(url: &str, name: &str) -> String {
 /// connection terminates every backend of this test's pool (matched by a
 /// unique `application_name`) every 15 ms until the last delivery is sent.
 async fn postgres_connections_killed_mid_load(variant: Variant) {
-    use sqlx::{Connection, postgres::PgPoolOptions};
     let _one_at_a_time = POSTGRES_FAULTS.lock().await;
     let url = common::database_url();
     if common::probe_postgres(&url).await.is_none() {
         return;
     }
     let name = unique("pg");
-    let pool = PgPoolOptions::new()
-        .max_connections(8)
-        .connect(&with_application_name(&url, &name))
-        .await
-        .unwrap();
+    let pool = common::postgres_pool(&with_application_name(&url, &name), 8);
     let pg = PostgresStore::new(pool).with_table(&name).unwrap();
     pg.migrate().await.unwrap();
     let store = Recording::new(pg.clone());
@@ -490,7 +485,7 @@ async fn postgres_connections_killed_mid_load(variant: Variant) {
     let server = Server::start(app(layer, handled.clone(), store.leases.clone())).await;
     let ids = plan(&name, 300);
     let started = Arc::new(AtomicUsize::new(0));
-    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+    let admin = common::postgres_pool(&url, 1);
     let load = tokio::spawn(run_load(
         server.addr,
         ids.clone(),
@@ -504,14 +499,14 @@ async fn postgres_connections_killed_mid_load(variant: Variant) {
     // Every 15 ms while the load is being sent: most kills find a query
     // in flight, not just idle pooled connections.
     while started.load(Ordering::SeqCst) < ids.len() {
-        let (n,): (i64,) = sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
-             WHERE application_name = $1 AND pid <> pg_backend_pid()",
+        let n = common::postgres_i64(
+            &admin,
+            &format!(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE application_name = '{name}' AND pid <> pg_backend_pid()"
+            ),
         )
-        .bind(&name)
-        .fetch_one(&mut admin)
-        .await
-        .unwrap();
+        .await;
         terminated += n;
         tokio::time::sleep(Duration::from_millis(15)).await;
     }
@@ -533,10 +528,7 @@ async fn postgres_connections_killed_mid_load(variant: Variant) {
         twice.len(),
     );
     server.stop().await;
-    sqlx::query(sqlx::AssertSqlSafe(format!(r#"DROP TABLE IF EXISTS "{name}""#)))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    common::postgres_execute(&admin, &format!(r#"DROP TABLE IF EXISTS "{name}""#)).await;
 }
 
 /// Store timeout 1 s (reconnecting costs a handshake: wider than Redis'),
@@ -1142,7 +1134,6 @@ async fn redis_receiver_sigkilled_mid_handler() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_receiver_sigkilled_mid_handler() {
-    use sqlx::Connection;
     let _one_at_a_time = POSTGRES_FAULTS.lock().await;
     let url = common::database_url();
     if common::probe_postgres(&url).await.is_none() {
@@ -1150,9 +1141,6 @@ async fn postgres_receiver_sigkilled_mid_handler() {
     }
     let table = unique("pg");
     receiver_sigkilled_mid_handler("postgres", &url, &table).await;
-    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!(r#"DROP TABLE IF EXISTS "{table}""#)))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    let admin = common::postgres_pool(&url, 1);
+    common::postgres_execute(&admin, &format!(r#"DROP TABLE IF EXISTS "{table}""#)).await;
 }

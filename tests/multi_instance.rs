@@ -234,22 +234,18 @@ mod redis_backend {
 #[cfg(feature = "postgres")]
 mod postgres_backend {
     use klikit_webhook::PostgresStore;
-    use sqlx::postgres::PgPoolOptions;
 
     use super::*;
 
     /// A store on a pool of its own, as a separate instance would have.
     async fn open(url: &str, table: &str) -> PostgresStore {
-        let pool = PgPoolOptions::new().max_connections(8).connect(url).await.unwrap();
-        PostgresStore::new(pool).with_table(table).unwrap()
+        PostgresStore::new(common::postgres_pool(url, 8))
+            .with_table(table)
+            .unwrap()
     }
 
     async fn drop_table(store: &PostgresStore) {
-        let sql = format!(r#"DROP TABLE IF EXISTS "{}""#, store.table());
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .execute(store.pool())
-            .await
-            .unwrap();
+        common::postgres_execute(store.pool(), &format!(r#"DROP TABLE IF EXISTS "{}""#, store.table())).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

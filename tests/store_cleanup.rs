@@ -213,7 +213,6 @@ mod sqlite {
 #[cfg(feature = "postgres")]
 mod postgres {
     use klikit_webhook::{PostgresStore, testing::conformance::namespace};
-    use sqlx::postgres::PgPoolOptions;
 
     use super::*;
 
@@ -231,11 +230,7 @@ mod postgres {
         }
 
         async fn rows(&self) -> i64 {
-            let sql = format!(r#"SELECT count(*) FROM "{}""#, self.table());
-            sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                .fetch_one(self.pool())
-                .await
-                .unwrap()
+            common::postgres_i64(self.pool(), &format!(r#"SELECT count(*) FROM "{}""#, self.table())).await
         }
     }
 
@@ -244,18 +239,14 @@ mod postgres {
     async fn open() -> Option<PostgresStore> {
         let url = common::database_url();
         common::probe_postgres(&url).await?;
-        let pool = PgPoolOptions::new().max_connections(8).connect(&url).await.unwrap();
+        let pool = common::postgres_pool(&url, 8);
         let store = PostgresStore::new(pool).with_table(&namespace()).unwrap();
         store.migrate().await.unwrap();
         Some(store)
     }
 
     async fn drop_table(store: &PostgresStore) {
-        let sql = format!(r#"DROP TABLE IF EXISTS "{}""#, store.table());
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .execute(store.pool())
-            .await
-            .unwrap();
+        common::postgres_execute(store.pool(), &format!(r#"DROP TABLE IF EXISTS "{}""#, store.table())).await;
     }
 
     #[tokio::test]

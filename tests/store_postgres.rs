@@ -7,22 +7,17 @@ use std::time::Duration;
 
 use klikit_webhook::{
     ConfigError, EventId, PostgresStore,
-    store::{BodyDigest, Claim, DedupStore, Lease},
+    store::{BodyDigest, Claim, DedupStore, Lease, deadpool_postgres::Pool},
     testing::conformance::{StoreFactory, namespace},
 };
-use sqlx::postgres::PgPoolOptions;
 
 struct Postgres {
     url: String,
 }
 
 impl Postgres {
-    async fn pool(&self) -> sqlx::PgPool {
-        PgPoolOptions::new()
-            .max_connections(4)
-            .connect(&self.url)
-            .await
-            .expect("connect to Postgres")
+    async fn pool(&self) -> Pool {
+        common::postgres_pool(&self.url, 4)
     }
 }
 
@@ -40,11 +35,8 @@ impl StoreFactory for Postgres {
 
     async fn cleanup(&self, namespace: &str) {
         let pool = self.pool().await;
-        sqlx::query(sqlx::AssertSqlSafe(format!(r#"DROP TABLE IF EXISTS "{namespace}""#)))
-            .execute(&pool)
-            .await
-            .expect("drop the test table");
-        pool.close().await;
+        common::postgres_execute(&pool, &format!(r#"DROP TABLE IF EXISTS "{namespace}""#)).await;
+        pool.close();
     }
 }
 
@@ -73,19 +65,21 @@ async fn migrate_adds_the_digest_column_to_an_older_table() {
     let Some(factory) = factory().await else { return };
     let pool = factory.pool().await;
     let table = namespace();
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        r#"CREATE TABLE "{table}" (event_id text COLLATE "C" PRIMARY KEY, token bytea NOT NULL,
-           done boolean NOT NULL, expires_at timestamptz NOT NULL)"#
-    )))
-    .execute(&pool)
-    .await
-    .unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        r#"INSERT INTO "{table}" VALUES ('old', '\x00000000000000000000000000000001', true, now() + interval '1 hour')"#
-    )))
-    .execute(&pool)
-    .await
-    .unwrap();
+    common::postgres_execute(
+        &pool,
+        &format!(
+            r#"CREATE TABLE "{table}" (event_id text COLLATE "C" PRIMARY KEY, token bytea NOT NULL,
+               done boolean NOT NULL, expires_at timestamptz NOT NULL)"#
+        ),
+    )
+    .await;
+    common::postgres_execute(
+        &pool,
+        &format!(
+            r#"INSERT INTO "{table}" VALUES ('old', '\x00000000000000000000000000000001', true, now() + interval '1 hour')"#
+        ),
+    )
+    .await;
     let store = PostgresStore::new(pool.clone()).with_table(&table).unwrap();
     let other = store.clone();
     let (a, b) = tokio::join!(store.migrate(), other.migrate());
@@ -114,7 +108,7 @@ async fn migrate_adds_the_digest_column_to_an_older_table() {
 
 #[tokio::test]
 async fn table_and_schema_names_are_validated() {
-    let pool = sqlx::PgPool::connect_lazy("postgres://localhost/unused").unwrap();
+    let pool = common::postgres_pool("postgres://localhost/unused", 2);
     let store = || PostgresStore::new(pool.clone());
     for bad in [
         "",
@@ -145,10 +139,7 @@ async fn schema_migrate_twice_concurrently_and_cleanup() {
     let Some(factory) = factory().await else { return };
     let pool = factory.pool().await;
     let schema = namespace();
-    sqlx::query(sqlx::AssertSqlSafe(format!(r#"CREATE SCHEMA "{schema}""#)))
-        .execute(&pool)
-        .await
-        .unwrap();
+    common::postgres_execute(&pool, &format!(r#"CREATE SCHEMA "{schema}""#)).await;
     let store = PostgresStore::new(pool.clone()).with_schema(&schema).unwrap();
     // Two instances starting at once both migrate.
     let other = store.clone();
@@ -177,36 +168,155 @@ async fn schema_migrate_twice_concurrently_and_cleanup() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(store.cleanup().await.unwrap(), 5);
     assert_eq!(store.cleanup().await.unwrap(), 0);
-    let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        r#"SELECT count(*) FROM "{schema}"."{}""#,
-        PostgresStore::DEFAULT_TABLE
-    )))
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let rows = common::postgres_i64(
+        &pool,
+        &format!(r#"SELECT count(*) FROM "{schema}"."{}""#, PostgresStore::DEFAULT_TABLE),
+    )
+    .await;
     assert_eq!(rows, 1);
     assert!(store.complete(&kept, digest(), Duration::from_secs(60)).await.unwrap());
 
-    sqlx::query(sqlx::AssertSqlSafe(format!(r#"DROP SCHEMA "{schema}" CASCADE"#)))
-        .execute(&pool)
-        .await
-        .unwrap();
+    common::postgres_execute(&pool, &format!(r#"DROP SCHEMA "{schema}" CASCADE"#)).await;
 }
 
 #[tokio::test]
 async fn unreachable_postgres_is_a_store_error() {
     // Port 1 on localhost: nothing listens there.
-    let pool = PgPoolOptions::new()
-        .acquire_timeout(Duration::from_millis(300))
-        .connect_lazy("postgres://postgres@127.0.0.1:1/test")
-        .unwrap();
-    let error = PostgresStore::new(pool)
-        .claim(&Lease::generate(id("evt")), Duration::from_secs(1))
+    let pool = common::postgres_pool("postgres://postgres@127.0.0.1:1/test", 4);
+    let store = PostgresStore::new(pool);
+    let lease = Lease::generate(id("evt"));
+    let started = std::time::Instant::now();
+    // Every operation, twice: a failed (re)connect leaves nothing behind
+    // that makes the next call hang or panic.
+    for _ in 0..2 {
+        let errors = [
+            store.claim(&lease, Duration::from_secs(1)).await.unwrap_err(),
+            store
+                .complete(&lease, digest(), Duration::from_secs(1))
+                .await
+                .unwrap_err(),
+            store.release(&lease).await.unwrap_err(),
+            store.is_completed(&lease).await.unwrap_err(),
+            store.attach_digest(&lease, digest()).await.unwrap_err(),
+            store.cleanup().await.unwrap_err(),
+            store.migrate().await.unwrap_err(),
+        ];
+        for error in errors {
+            assert!(matches!(error, klikit_webhook::StoreError::Backend(_)), "{error:?}");
+            assert!(
+                std::error::Error::source(&error).is_some(),
+                "the source is kept: {error:?}"
+            );
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn connect_reports_a_bad_url_and_a_dead_server() {
+    for bad in ["postgres://[::1", "host=x port=notanumber"] {
+        let error = PostgresStore::connect(bad).await.unwrap_err();
+        assert!(
+            error.to_string().contains("invalid Postgres connection string"),
+            "{bad}: {error}"
+        );
+    }
+    let error = PostgresStore::connect("postgres://postgres:hunter2@127.0.0.1:1/test")
         .await
         .unwrap_err();
-    assert!(matches!(error, klikit_webhook::StoreError::Backend(_)), "{error:?}");
-    assert!(
-        std::error::Error::source(&error).is_some(),
-        "the source is kept: {error:?}"
+    let message = error.to_string();
+    assert!(message.contains("could not connect to Postgres"), "{message}");
+    assert!(!message.contains("hunter2"), "the password leaked: {message}");
+}
+
+/// A hot-path connection that the server terminates is replaced, with
+/// pooled connections and with pipelines: the calls that saw it break get a
+/// `StoreError`, a later one succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_connection_is_replaced() {
+    let Some(factory) = factory().await else { return };
+    let admin = factory.pool().await;
+    for pipelines in [0, 2] {
+        let name = namespace();
+        let separator = if factory.url.contains('?') { '&' } else { '?' };
+        let url = format!("{}{separator}application_name={name}", factory.url);
+        let store = PostgresStore::new(common::postgres_pool(&url, 4))
+            .with_pipelines(pipelines)
+            .with_table(&name)
+            .unwrap();
+        store.migrate().await.unwrap();
+        let lease = Lease::generate(id("before"));
+        assert_eq!(store.claim(&lease, Duration::from_secs(60)).await.unwrap(), Claim::New);
+        let killed = common::postgres_i64(
+            &admin,
+            &format!(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE application_name = '{name}'"
+            ),
+        )
+        .await;
+        assert!(killed > 0);
+        let mut errors = 0;
+        let mut done = false;
+        for _ in 0..20 {
+            match store.complete(&lease, digest(), Duration::from_secs(60)).await {
+                Ok(completed) => {
+                    assert!(completed);
+                    done = true;
+                    break;
+                }
+                Err(error) => {
+                    assert!(matches!(error, klikit_webhook::StoreError::Backend(_)), "{error:?}");
+                    errors += 1;
+                }
+            }
+        }
+        assert!(done, "pipelines {pipelines}: never reconnected ({errors} errors)");
+        assert!(errors <= 4, "pipelines {pipelines}: {errors} errors");
+        common::postgres_execute(&admin, &format!(r#"DROP TABLE "{name}""#)).await;
+    }
+}
+
+/// `complete_event_in` inside a transaction: rolled back, nothing changes;
+/// committed, the layer's claim is done and `attach_digest` adds a digest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn complete_event_in_a_transaction() {
+    let Some(factory) = factory().await else { return };
+    let table = namespace();
+    let store = factory.open(&table).await;
+    let lease = Lease::generate(id("tx"));
+    assert_eq!(store.claim(&lease, Duration::from_secs(60)).await.unwrap(), Claim::New);
+    let mut client = store.pool().get().await.unwrap();
+    let tx = client.transaction().await.unwrap();
+    store
+        .complete_event_in(&*tx, lease.event_id(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert!(!store.is_completed(&lease).await.unwrap());
+    let tx = client.transaction().await.unwrap();
+    store
+        .complete_event_in(&*tx, lease.event_id(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    drop(client);
+    assert!(store.is_completed(&lease).await.unwrap());
+    assert!(!store.complete(&lease, digest(), Duration::from_secs(60)).await.unwrap());
+    assert_eq!(
+        store
+            .claim(&Lease::generate(id("tx")), Duration::from_secs(60))
+            .await
+            .unwrap(),
+        Claim::Done { digest: None }
     );
+    assert!(store.attach_digest(&lease, digest()).await.unwrap());
+    assert_eq!(
+        store
+            .claim(&Lease::generate(id("tx")), Duration::from_secs(60))
+            .await
+            .unwrap(),
+        Claim::Done { digest: Some(digest()) }
+    );
+    factory.cleanup(&table).await;
 }

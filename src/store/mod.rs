@@ -168,6 +168,11 @@ pub mod sql;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
+/// The connection pool [`PostgresStore`] takes, re-exported so that code
+/// building one (for TLS, or its own sizes) uses the same version.
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use deadpool_postgres;
 pub use lease::{BodyDigest, Lease, LeaseToken};
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
@@ -179,6 +184,11 @@ pub use redis::RedisStore;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use sqlite::SqliteStore;
+/// The Postgres driver [`PostgresStore`] runs on, re-exported so that code
+/// passing it a client or a transaction uses the same version.
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use tokio_postgres;
 
 /// The longest lease or retention the persistent stores keep: 10 years.
 /// Longer durations are shortened to this.
@@ -216,9 +226,10 @@ where
 /// body of the SQL stores' `cleanup`. Batches keep each statement short, so
 /// claims get the write lock in between.
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
-pub(crate) async fn delete_in_batches<Fut>(batch: i64, mut delete_batch: impl FnMut() -> Fut) -> Result<u64>
+pub(crate) async fn delete_in_batches<Fut, E>(batch: i64, mut delete_batch: impl FnMut() -> Fut) -> Result<u64>
 where
-    Fut: std::future::Future<Output = std::result::Result<u64, sqlx::Error>>,
+    Fut: std::future::Future<Output = std::result::Result<u64, E>>,
+    E: Into<BoxError>,
 {
     let mut total = 0;
     loop {

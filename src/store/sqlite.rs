@@ -309,7 +309,7 @@ impl SqliteStore {
                 .bind(Self::CLEANUP_BATCH)
                 .execute(&self.pool)
                 .await?;
-            Ok(done.rows_affected())
+            Ok::<_, sqlx::Error>(done.rows_affected())
         })
         .await
     }

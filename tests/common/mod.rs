@@ -52,15 +52,63 @@ pub async fn probe_redis(url: &str) -> Option<()> {
 /// until its acquire timeout); `None` (after [`unreachable`]) if it fails.
 #[cfg(feature = "postgres")]
 pub async fn probe_postgres(url: &str) -> Option<()> {
-    use sqlx::Connection;
-    match tokio::time::timeout(PROBE_TIMEOUT, sqlx::PgConnection::connect(url)).await {
-        Ok(Ok(connection)) => {
-            let _ = connection.close().await;
-            Some(())
-        }
+    use klikit_webhook::store::tokio_postgres::{self, NoTls};
+    let probe = async {
+        let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+        let connection = tokio::spawn(connection);
+        client.simple_query("SELECT 1").await?;
+        drop(client);
+        let _ = connection.await;
+        Ok::<_, tokio_postgres::Error>(())
+    };
+    match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+        Ok(Ok(())) => Some(()),
         Ok(Err(error)) => unreachable("Postgres", url, error),
         Err(_) => unreachable("Postgres", url, "no answer within the probe timeout"),
     }
+}
+
+/// A pool of at most `max_size` connections to the Postgres at `url`
+/// (without TLS), waiting at most 5 s for a connection.
+#[cfg(feature = "postgres")]
+pub fn postgres_pool(url: &str, max_size: usize) -> klikit_webhook::store::deadpool_postgres::Pool {
+    use klikit_webhook::store::{
+        deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime},
+        tokio_postgres::NoTls,
+    };
+    let config = url.parse().expect("a valid Postgres URL");
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(max_size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(5)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .build()
+        .expect("a Postgres pool")
+}
+
+/// Runs `sql` (no parameters, no result) on a connection of `pool`.
+#[cfg(feature = "postgres")]
+pub async fn postgres_execute(pool: &klikit_webhook::store::deadpool_postgres::Pool, sql: &str) {
+    let client = pool.get().await.expect("a Postgres connection");
+    client.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// The `bigint` that `sql` (one row, one column) selects, on a connection of `pool`.
+#[cfg(feature = "postgres")]
+pub async fn postgres_i64(pool: &klikit_webhook::store::deadpool_postgres::Pool, sql: &str) -> i64 {
+    let client = pool.get().await.expect("a Postgres connection");
+    client
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
 }
 
 /// Deletes every key under `prefix` in the Redis at `url`: `SCAN` with

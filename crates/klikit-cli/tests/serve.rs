@@ -302,6 +302,38 @@ fn store_with_an_unknown_scheme_stops_with_one_clear_line() {
     }
 }
 
+/// A Postgres that refuses (no such role) or is not there: one line that
+/// says what Postgres or the socket said, and never the URL's password.
+#[cfg(feature = "postgres")]
+#[test]
+fn store_postgres_failing_to_connect_says_why_without_the_password() {
+    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let mut cases = vec![(
+        "postgres://klikit_user:s3cret-pw-not-to-print@127.0.0.1:1/test".to_owned(),
+        "Connection refused",
+    )];
+    if reachable("Postgres", &url, 5432) {
+        cases.push((
+            format!(
+                "postgres://klikit_no_such_role:s3cret-pw-not-to-print@{}/test",
+                host_port(&url, 5432)
+            ),
+            r#"role "klikit_no_such_role" does not exist"#,
+        ));
+    }
+    for (store, says) in cases {
+        let (code, stderr) = refuses_to_start(&store);
+        assert_ne!(code, Some(0), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line:\n{stderr}");
+        assert!(stderr.contains("cannot connect to Postgres"), "{stderr}");
+        assert!(stderr.contains(says), "says {says:?}: {stderr}");
+        assert!(
+            !stderr.contains("s3cret-pw-not-to-print"),
+            "the password leaked: {stderr}"
+        );
+    }
+}
+
 #[cfg(not(feature = "redis"))]
 #[test]
 fn store_redis_without_the_feature_says_which_feature() {

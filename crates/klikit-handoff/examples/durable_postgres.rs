@@ -38,21 +38,20 @@
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
 use axum::{Router, routing::post};
-use klikit_handoff::postgres::{OutboxWorker, PostgresOutbox, ProcessError, receive};
+use klikit_handoff::postgres::{OutboxWorker, PostgresOutbox, ProcessError, deadpool_postgres::Transaction, receive};
 use klikit_webhook::{
     EventType, KlikitEvent, KlikitWebhookLayer, PostgresStore, SECRET_ENV_VAR, WebhookSecret, testing::WEBHOOK_PATH,
 };
-use sqlx::PgConnection;
 
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
 }
 
-/// The worker's processing. Everything written through `conn` commits with
+/// The worker's processing. Everything written through `tx` commits with
 /// the outbox row's `processed_at`, or not at all: no idempotency key needed
 /// for effects in this database. (Calls to other systems, a POS say, still
 /// need to be idempotent on `event.id()`.)
-async fn process(conn: &mut PgConnection, event: KlikitEvent) -> Result<(), ProcessError> {
+async fn process(tx: &Transaction<'_>, event: KlikitEvent) -> Result<(), ProcessError> {
     // A body that does not parse will never parse: do not retry it.
     let envelope = event.payload().map_err(ProcessError::permanent)?;
     match event.event_type() {
@@ -61,11 +60,14 @@ async fn process(conn: &mut PgConnection, event: KlikitEvent) -> Result<(), Proc
         EventType::OrderCartUpdated => tracing::info!(id = %event.id(), "cart replaced"),
         other => tracing::warn!(id = %event.id(), event_type = %other, "unknown event type; recorded only"),
     }
-    sqlx::query("INSERT INTO klikit_orders_seen (event_id, event_type, orders) VALUES ($1, $2, $3)")
-        .bind(event.id().as_str())
-        .bind(event.event_type().as_str())
-        .bind(i64::try_from(envelope.orders.len()).unwrap_or(i64::MAX))
-        .execute(conn)
+    let orders = i64::try_from(envelope.orders.len()).unwrap_or(i64::MAX);
+    // Prepared once per connection (the pool's statement cache), then one
+    // round trip per event.
+    let insert = tx
+        .prepare_cached("INSERT INTO klikit_orders_seen (event_id, event_type, orders) VALUES ($1, $2, $3)")
+        .await
+        .map_err(ProcessError::retry)?;
+    tx.execute(&insert, &[&event.id().as_str(), &event.event_type().as_str(), &orders])
         .await
         .map_err(ProcessError::retry)?;
     Ok(())
@@ -90,16 +92,18 @@ async fn main() -> ExitCode {
         }
     };
     let url = env_or("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres");
-    let pool = match sqlx::PgPool::connect(&url).await {
-        Ok(pool) => pool,
+    // The URL may hold a password: never print it.
+    let store = match PostgresStore::connect(&url).await {
+        Ok(store) => store,
         Err(error) => {
-            eprintln!("durable_postgres: cannot connect to {url}: {error}");
+            eprintln!("durable_postgres: cannot connect to DATABASE_URL: {error}");
             return ExitCode::from(1);
         }
     };
 
+    // One deadpool-postgres pool for the dedup store, the outbox and the worker.
     let retention = KlikitWebhookLayer::DEFAULT_RETENTION;
-    let store = PostgresStore::new(pool.clone());
+    let pool = store.pool().clone();
     let outbox = PostgresOutbox::new(pool.clone()).with_dedup(store.clone(), retention);
     let effects = "CREATE TABLE IF NOT EXISTS klikit_orders_seen (\
                    event_id text PRIMARY KEY, event_type text NOT NULL, orders bigint NOT NULL, \
@@ -107,7 +111,7 @@ async fn main() -> ExitCode {
     let migrated = async {
         store.migrate().await?;
         outbox.migrate().await?;
-        sqlx::query(effects).execute(&pool).await?;
+        pool.get().await?.batch_execute(effects).await?;
         Ok::<_, Box<dyn std::error::Error>>(())
     };
     if let Err(error) = migrated.await {
@@ -134,7 +138,7 @@ async fn main() -> ExitCode {
             let _ = worker_stopped.await;
         };
         worker
-            .run_until(|conn, event| Box::pin(process(conn, event)), stopped)
+            .run_until(|tx, event| Box::pin(process(tx, event)), stopped)
             .await
     });
 

@@ -58,7 +58,7 @@
 //! | feature | module | broker |
 //! |---|---|---|
 //! | `nats` | `nats` | NATS JetStream: `JetStreamHandoff` publishes, `JetStreamWorker` processes |
-//! | `outbox` | `postgres` | a Postgres outbox table: `PostgresOutbox` enqueues, `OutboxWorker` processes |
+//! | `outbox` | `postgres` | a Postgres outbox table (tokio-postgres, deadpool-postgres pool): `PostgresOutbox` enqueues, `OutboxWorker` processes |
 //!
 //! The Postgres outbox needs no broker when the dedup store is already a
 //! `PostgresStore`, and goes one step further than a broker: the queued event

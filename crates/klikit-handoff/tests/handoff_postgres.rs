@@ -38,13 +38,13 @@ use axum::{
 };
 use futures_util::future::BoxFuture;
 use http_body_util::BodyExt;
+use klikit_handoff::postgres::deadpool_postgres::{self, Pool};
 use klikit_handoff::postgres::{OutboxError, OutboxWorker, PostgresOutbox, ProcessError, receive};
 use klikit_webhook::{
     ConfigError, EventId, EventType, KlikitEvent, KlikitWebhookLayer, PostgresStore, WebhookSecret,
     store::{BodyDigest, Claim, DedupStore, Lease},
     testing::{WEBHOOK_PATH, signed_request},
 };
-use sqlx::{AssertSqlSafe, PgPool, postgres::PgPoolOptions};
 use tower::ServiceExt;
 
 const SECRET: &str = "a-long-random-webhook-secret-for-outbox-tests";
@@ -53,16 +53,33 @@ const DUPLICATE: &str = r#"{"status":"duplicate-ignored"}"#;
 
 /// A pool on `DATABASE_URL`, or `None` (after a loud SKIPPED) when the server
 /// cannot be reached and `CI` is not set.
-async fn pool_or_skip() -> Option<PgPool> {
+async fn pool_or_skip() -> Option<Pool> {
     let url = common::database_url();
     common::probe_postgres(&url).await?;
-    Some(
-        PgPoolOptions::new()
-            .max_connections(12)
-            .connect(&url)
-            .await
-            .expect("connect to Postgres"),
-    )
+    Some(common::pool(&url, 12))
+}
+
+/// A connection of `pool`.
+async fn client(pool: &Pool) -> deadpool_postgres::Object {
+    pool.get().await.expect("a connection from the pool")
+}
+
+/// Runs `sql` (statements without parameters).
+async fn execute(pool: &Pool, sql: &str) {
+    client(pool)
+        .await
+        .batch_execute(sql)
+        .await
+        .unwrap_or_else(|error| panic!("{sql}: {}", common::describe(&error)));
+}
+
+/// The rows `sql` returns.
+async fn query_rows(pool: &Pool, sql: &str) -> Vec<klikit_handoff::postgres::tokio_postgres::Row> {
+    client(pool)
+        .await
+        .query(sql, &[])
+        .await
+        .unwrap_or_else(|error| panic!("{sql}: {}", common::describe(&error)))
 }
 
 /// A table name no other test run uses.
@@ -80,16 +97,20 @@ fn unique(prefix: &str) -> String {
 
 /// Runs `body`, then drops `tables` and their dead-letter tables
 /// (`<table>_dead`) whatever happened, then re-raises a panic of `body`.
-async fn with_cleanup<F>(pool: &PgPool, tables: &[&str], body: F)
+async fn with_cleanup<F>(pool: &Pool, tables: &[&str], body: F)
 where
     F: Future<Output = ()> + Send + 'static,
 {
     let outcome = tokio::spawn(body).await;
     for table in tables.iter().flat_map(|t| [t.to_string(), format!("{t}_dead")]) {
-        if let Err(error) = sqlx::query(AssertSqlSafe(format!(r#"DROP TABLE IF EXISTS "{table}""#)))
-            .execute(pool)
-            .await
-        {
+        let dropped = match pool.get().await {
+            Ok(client) => client
+                .batch_execute(&format!(r#"DROP TABLE IF EXISTS "{table}""#))
+                .await
+                .map_err(|error| common::describe(&error)),
+            Err(error) => Err(common::describe(&error)),
+        };
+        if let Err(error) = dropped {
             eprintln!("cleanup: dropping {table}: {error}");
         }
     }
@@ -124,15 +145,12 @@ async fn send(app: &Router, id: &str, body: &str) -> (StatusCode, String) {
     (status, String::from_utf8_lossy(&bytes).into_owned())
 }
 
-async fn scalar(pool: &PgPool, sql: String) -> i64 {
-    sqlx::query_scalar(AssertSqlSafe(sql))
-        .fetch_one(pool)
-        .await
-        .expect("query")
+async fn scalar(pool: &Pool, sql: String) -> i64 {
+    query_rows(pool, &sql).await.first().expect("one row").get(0)
 }
 
 /// A dedup store and an outbox (with the store) on fresh tables.
-async fn store_and_outbox(pool: &PgPool, dedup: &str, outbox: &str) -> (PostgresStore, PostgresOutbox) {
+async fn store_and_outbox(pool: &Pool, dedup: &str, outbox: &str) -> (PostgresStore, PostgresOutbox) {
     let store = PostgresStore::new(pool.clone()).with_table(dedup).expect("table name");
     store.migrate().await.expect("migrate store");
     let outbox = PostgresOutbox::new(pool.clone())
@@ -151,7 +169,8 @@ fn layer(outbox: &PostgresOutbox) -> KlikitWebhookLayer {
 
 #[tokio::test]
 async fn table_and_schema_names_are_validated() {
-    let pool = PgPool::connect_lazy("postgres://localhost/unused").expect("lazy pool");
+    // Nothing connects: a deadpool pool is lazy.
+    let pool = common::pool("postgres://localhost/unused", 1);
     for bad in ["", "1abc", "a-b", "a\"b", "x; DROP TABLE y", &"a".repeat(64)] {
         assert_eq!(
             PostgresOutbox::new(pool.clone()).with_table(bad).unwrap_err(),
@@ -195,12 +214,11 @@ async fn enqueue_is_idempotent_on_event_id() {
         eprintln!("enqueue_is_idempotent_on_event_id: 4 enqueues (3 of evt-1) -> queued {answers:?}, {rows} rows");
         assert_eq!(answers, [true, false, false, true]);
         assert_eq!(rows, 2, "one row per event id");
-        let body: Vec<u8> = sqlx::query_scalar(AssertSqlSafe(format!(
-            r#"SELECT body FROM "{name}" WHERE event_id = 'evt-1'"#
-        )))
-        .fetch_one(&db)
-        .await
-        .expect("row");
+        let body: Vec<u8> = query_rows(&db, &format!(r#"SELECT body FROM "{name}" WHERE event_id = 'evt-1'"#))
+            .await
+            .first()
+            .expect("row")
+            .get(0);
         assert_eq!(body, first.body().as_ref(), "the first body, unchanged");
         assert_eq!(outbox.pending().await.expect("pending"), 2);
     })
@@ -306,8 +324,9 @@ async fn handler_completion_and_layer_completion_agree() {
 /// (`mode` 0), by never answering until the connection is dropped (1), or by
 /// rolling back instead of committing and answering 503 (2).
 async fn flaky_handler(State((outbox, mode)): State<(PostgresOutbox, u8)>, event: KlikitEvent) -> Response {
-    let mut tx = outbox.pool().begin().await.expect("begin");
-    outbox.enqueue_in(&mut tx, &event).await.expect("enqueue_in");
+    let mut client = outbox.pool().get().await.expect("connection");
+    let tx = client.transaction().await.expect("begin");
+    outbox.enqueue_in(&tx, &event).await.expect("enqueue_in");
     match mode {
         0 => {
             tx.commit().await.expect("commit");
@@ -390,7 +409,7 @@ async fn crash_between_enqueue_and_answer_queues_once_and_retry_is_duplicate() {
 /// worker wants (a closure passed straight to `run` gets it inferred).
 fn as_process<F>(f: F) -> F
 where
-    F: for<'c> Fn(&'c mut sqlx::PgConnection, KlikitEvent) -> BoxFuture<'c, Result<(), ProcessError>>,
+    F: for<'c> Fn(&'c deadpool_postgres::Transaction<'c>, KlikitEvent) -> BoxFuture<'c, Result<(), ProcessError>>,
 {
     f
 }
@@ -406,26 +425,24 @@ async fn worker_retries_gives_up_and_rolls_back_failed_effects() {
     with_cleanup(&pool, &[&table, &effects], async move {
         let outbox = PostgresOutbox::new(db.clone()).with_table(&t).expect("table");
         outbox.migrate().await.expect("migrate");
-        sqlx::query(AssertSqlSafe(format!(r#"CREATE TABLE "{e}" (event_id text NOT NULL)"#)))
-            .execute(&db)
-            .await
-            .expect("effects table");
+        execute(&db, &format!(r#"CREATE TABLE "{e}" (event_id text NOT NULL)"#)).await;
         for id in ["ok", "flaky", "poison"] {
             outbox.enqueue(&event(id, order_body(1))).await.expect("enqueue");
         }
         let worker = OutboxWorker::new(&outbox)
             .with_batch_size(10)
-            .with_retry_delay(Duration::from_millis(50), Duration::from_millis(50));
+            // Long enough that "flaky" is not due again within the first
+            // batch on a loaded machine (it was 50 ms: a batch slower than
+            // that took "flaky" twice), short enough to wait out below.
+            .with_retry_delay(Duration::from_millis(500), Duration::from_millis(500));
         let calls = Arc::new(std::sync::Mutex::new(BTreeMap::<String, u32>::new()));
         let insert = Arc::new(format!(r#"INSERT INTO "{e}" (event_id) VALUES ($1)"#));
-        let process = as_process(|conn, event| {
+        let process = as_process(|tx, event| {
             let (calls, insert) = (calls.clone(), insert.clone());
             Box::pin(async move {
                 // The effect is written first, then the failure: a failed
                 // attempt must leave no effect behind.
-                sqlx::query(AssertSqlSafe(insert.as_str()))
-                    .bind(event.id().as_str())
-                    .execute(&mut *conn)
+                tx.execute(insert.as_str(), &[&event.id().as_str()])
                     .await
                     .map_err(ProcessError::retry)?;
                 let n = {
@@ -443,16 +460,15 @@ async fn worker_retries_gives_up_and_rolls_back_failed_effects() {
         });
         assert_eq!(worker.process_batch(&process).await.expect("batch"), 3);
         assert_eq!(worker.process_batch(&process).await.expect("batch"), 0, "flaky waits");
-        tokio::time::sleep(Duration::from_millis(80)).await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
         assert_eq!(worker.process_batch(&process).await.expect("batch"), 1);
         assert_eq!(worker.process_batch(&process).await.expect("batch"), 0);
 
-        let effects: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
-            r#"SELECT event_id FROM "{e}" ORDER BY event_id"#
-        )))
-        .fetch_all(&db)
-        .await
-        .expect("effects");
+        let effects: Vec<String> = query_rows(&db, &format!(r#"SELECT event_id FROM "{e}" ORDER BY event_id"#))
+            .await
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
         let calls = calls.lock().expect("lock").clone();
         eprintln!("worker_retries_gives_up: calls {calls:?}, effects committed {effects:?}");
         assert_eq!(calls.get("flaky"), Some(&2));
@@ -463,13 +479,14 @@ async fn worker_retries_gives_up_and_rolls_back_failed_effects() {
             format!(r#"SELECT count(*) FROM "{t}" WHERE processed_at IS NOT NULL"#),
         )
         .await;
-        let dead: Vec<(String, i32)> = sqlx::query_as(AssertSqlSafe(format!(
-            r#"SELECT event_id, attempts FROM "{}""#,
-            outbox.dead_letter_table()
-        )))
-        .fetch_all(&db)
+        let dead: Vec<(String, i32)> = query_rows(
+            &db,
+            &format!(r#"SELECT event_id, attempts FROM "{}""#, outbox.dead_letter_table()),
+        )
         .await
-        .expect("dead letters");
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
         assert_eq!(processed, 2, "ok and flaky processed");
         assert_eq!(
             dead,

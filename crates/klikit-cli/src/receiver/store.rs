@@ -77,14 +77,20 @@ async fn redis_store(_url: &str) -> Result<Arc<dyn DedupStore>, ReceiverError> {
 
 #[cfg(feature = "postgres")]
 async fn postgres_store(url: &str) -> Result<Arc<dyn DedupStore>, ReceiverError> {
-    // The URL may hold a password: never log it.
-    let store = klikit_webhook::PostgresStore::connect(url)
-        .await
-        .map_err(|e| ReceiverError::Store(format!("{STORE_ENV_VAR}: cannot connect to Postgres: {e}")))?;
-    store
-        .migrate()
-        .await
-        .map_err(|e| ReceiverError::Store(format!("{STORE_ENV_VAR}: cannot create the dedup table: {e}")))?;
+    // The URL may hold a password: never log it. (tokio-postgres' errors do
+    // not repeat the connection settings.)
+    let store = klikit_webhook::PostgresStore::connect(url).await.map_err(|e| {
+        ReceiverError::Store(format!(
+            "{STORE_ENV_VAR}: cannot connect to Postgres: {}",
+            error_chain(&e)
+        ))
+    })?;
+    store.migrate().await.map_err(|e| {
+        ReceiverError::Store(format!(
+            "{STORE_ENV_VAR}: cannot create the dedup table: {}",
+            error_chain(&e)
+        ))
+    })?;
     store.spawn_cleanup(CLEANUP_PERIOD);
     tracing::info!(table = store.table(), "dedup store: postgres");
     Ok(Arc::new(store))
@@ -95,4 +101,23 @@ async fn postgres_store(_url: &str) -> Result<Arc<dyn DedupStore>, ReceiverError
     Err(ReceiverError::Config(format!(
         "{STORE_ENV_VAR} names a Postgres store: build with the `postgres` feature"
     )))
+}
+
+/// `error`'s message followed by those of its sources it does not already
+/// contain: a `tokio_postgres::Error` says only "db error" or "error
+/// connecting to server", and what Postgres (or the socket) said is its
+/// source.
+#[cfg(feature = "postgres")]
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !message.contains(&said) {
+            message.push_str(": ");
+            message.push_str(&said);
+        }
+        source = cause.source();
+    }
+    message
 }

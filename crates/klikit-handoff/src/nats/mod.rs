@@ -14,7 +14,7 @@
 //! processing must be idempotent on the event id.
 //!
 //! On its own the feature needs Rust 1.89, the minimum of `async-nats` 0.51
-//! (the crate declares 1.94 for the outbox's sqlx). Only
+//! (the crate declares 1.94, the minimum `klikit-webhook` declares). Only
 //! `async-nats`'s `jetstream` and `ring` features are enabled. For stream or
 //! consumer options this module does not set, start from
 //! [`stream_config`](JetStreamHandoff::stream_config) (create the stream

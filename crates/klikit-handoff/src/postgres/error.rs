@@ -15,9 +15,20 @@ use klikit_webhook::{InvalidEventId, store::StoreError};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum OutboxError {
-    /// A statement, the connection or the commit failed.
-    #[error("outbox database error: {0}")]
-    Database(#[from] sqlx::Error),
+    /// A statement, the connection or the commit failed. The message
+    /// includes what Postgres said (its error, detail and hint).
+    #[error("outbox database error: {}", describe(.0))]
+    Database(#[from] tokio_postgres::Error),
+    /// No connection could be taken from the pool: Postgres is down or
+    /// unreachable, refused the login, or every connection of the pool stayed
+    /// busy for the pool's wait timeout.
+    #[error(
+        "the outbox could not get a database connection from its pool: {}; check that Postgres is up and \
+         reachable, that the credentials are right, and that the pool (deadpool-postgres max_size, wait \
+         timeout) is large enough for the receivers and workers sharing it",
+        describe(.0)
+    )]
+    Pool(#[from] deadpool_postgres::PoolError),
     /// Marking the dedup claim done failed.
     #[error("outbox dedup completion failed: {0}")]
     Store(#[from] StoreError),
@@ -62,7 +73,7 @@ pub(super) enum AttemptFailure {
         "the closure returned Ok, but a statement it ran failed and aborted its transaction (return that \
          error from the closure instead of ignoring it): {0}"
     )]
-    Aborted(#[source] sqlx::Error),
+    Aborted(#[source] DescribedError),
     /// The row used up its attempts, the last of which recorded no outcome.
     #[error(
         "{made} attempts made and max_attempts is {max}: given up without another attempt; the last one did \
@@ -82,4 +93,51 @@ pub(super) enum AttemptFailure {
         #[source]
         source: InvalidEventId,
     },
+}
+
+/// `error`'s message followed by those of its sources that it does not
+/// already contain: `tokio_postgres::Error`'s own message is only its kind
+/// ("db error"), and what Postgres said is its source.
+pub(super) fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !message.contains(&said) {
+            message.push_str(": ");
+            message.push_str(&said);
+        }
+        source = cause.source();
+    }
+    message
+}
+
+/// A database error whose message is [`describe`]d: the `Display` of
+/// [`AttemptFailure::Aborted`] (recorded in `last_error`) says what Postgres
+/// said, not just "db error".
+#[derive(Debug, thiserror::Error)]
+#[error("{}", describe(.0))]
+pub(super) struct DescribedError(#[source] pub(super) tokio_postgres::Error);
+
+#[cfg(test)]
+mod tests {
+    use super::describe;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("db error")]
+    struct Outer(#[source] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outbox database error: {0}")]
+    struct Repeats(#[source] std::io::Error);
+
+    #[test]
+    fn describe_appends_the_sources_it_does_not_already_say() {
+        let io = || std::io::Error::other("ERROR: relation \"t\" does not exist");
+        assert_eq!(describe(&Outer(io())), "db error: ERROR: relation \"t\" does not exist");
+        assert_eq!(
+            describe(&Repeats(io())),
+            "outbox database error: ERROR: relation \"t\" does not exist"
+        );
+    }
 }

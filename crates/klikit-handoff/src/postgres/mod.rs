@@ -12,12 +12,34 @@
 //! - [`OutboxWorker`] is the processing side: it counts an attempt of the
 //!   oldest pending row (`FOR UPDATE SKIP LOCKED`) in a statement of its own,
 //!   then, in the row's own transaction, calls your async closure **with
-//!   that transaction's connection**, marks the row processed and commits.
+//!   that transaction** (a [`deadpool_postgres::Transaction`], which
+//!   dereferences to a [`tokio_postgres::Transaction`]), marks the row
+//!   processed and commits.
 //!   A row that fails, panics or kills its worker on every attempt moves to
 //!   a [dead-letter table](#dead-letters) after the last one, so it never
 //!   holds up the rows behind it.
 //!
 //! See the [module docs](crate) for the overall guarantees.
+//!
+//! # Driver
+//!
+//! Everything runs on [tokio-postgres](tokio_postgres) through a
+//! [deadpool-postgres](deadpool_postgres) pool, the driver and pool of
+//! [`PostgresStore`](klikit_webhook::PostgresStore): build the outbox on the
+//! store's pool (`PostgresOutbox::new(store.pool().clone())`) so that one
+//! pool serves both. Both crates are re-exported here
+//! ([`tokio_postgres`], [`deadpool_postgres`]) so that your code names the
+//! very versions this crate uses. Statements the outbox runs itself are
+//! prepared once per connection, through the pool's statement cache.
+//!
+//! Your code meets the driver in two places:
+//!
+//! - [`PostgresOutbox::enqueue_in`] takes `&tokio_postgres::Transaction`:
+//!   queue the event inside a transaction of yours;
+//! - the [`OutboxWorker`]'s closure receives `&deadpool_postgres::Transaction`:
+//!   write your effects through it (`tx.execute(...)`, `tx.query_one(...)`,
+//!   or [`prepare_cached`](deadpool_postgres::Transaction::prepare_cached)
+//!   for a statement run for every event).
 //!
 //! # Why the dedup "done" mark goes in the outbox transaction
 //!
@@ -77,7 +99,7 @@
 //! -- 2. the attempt
 //! BEGIN;
 //!   SELECT id FROM outbox WHERE id = <id> AND attempts = <claimed> FOR UPDATE SKIP LOCKED;
-//!   SAVEPOINT a; your closure(conn, event);
+//!   SAVEPOINT a; your closure(tx, event);
 //!   RELEASE a; UPDATE outbox SET processed_at = now() WHERE id = <id>;   -- on Ok
 //!   -- or: ROLLBACK TO a; UPDATE outbox SET last_error = ..., available_at = now() + <delay> ...
 //!   --     or, after the last attempt or a permanent error, move the row to the dead-letter table
@@ -103,7 +125,7 @@
 //! - A closure that hangs holds its row, and its worker, until it returns
 //!   (other workers go on with other rows). Bound your own calls
 //!   (`tokio::time::timeout`, then [`ProcessError::retry`]).
-//! - Side effects **written through the connection you are given** commit in
+//! - Side effects **written through the transaction you are given** commit in
 //!   the same transaction as `processed_at`: either both happen or neither.
 //!   For those effects processing is **exactly once**, with no idempotency
 //!   key needed.
@@ -197,10 +219,10 @@
 //!
 //! # #[tokio::main]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let pool = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/app").await?;
-//! let store = PostgresStore::new(pool.clone());
+//! // One deadpool-postgres pool for the dedup store and the outbox.
+//! let store = PostgresStore::connect("postgres://postgres@127.0.0.1:5432/app").await?;
 //! store.migrate().await?;
-//! let outbox = PostgresOutbox::new(pool.clone()).with_dedup(store, KlikitWebhookLayer::DEFAULT_RETENTION);
+//! let outbox = PostgresOutbox::new(store.pool().clone()).with_dedup(store, KlikitWebhookLayer::DEFAULT_RETENTION);
 //! outbox.migrate().await?;
 //!
 //! // Receiver: 200 only once the event and the dedup "done" mark committed.
@@ -211,17 +233,19 @@
 //!     .with_state(outbox.clone());
 //! # let _ = app;
 //!
-//! // Worker: the closure writes through the worker's transaction.
+//! // Worker: the closure writes through the worker's transaction (`tx`, a
+//! // `deadpool_postgres::Transaction`); the worker commits it.
 //! OutboxWorker::new(&outbox)
-//!     .run(|conn, event| {
+//!     .run(|tx, event| {
 //!         Box::pin(async move {
 //!             let envelope = event.payload().map_err(ProcessError::permanent)?;
-//!             sqlx::query("INSERT INTO orders_seen (event_id, orders) VALUES ($1, $2)")
-//!                 .bind(event.id().as_str())
-//!                 .bind(envelope.orders.len() as i64)
-//!                 .execute(conn)
-//!                 .await
-//!                 .map_err(ProcessError::retry)?;
+//!             let orders = i64::try_from(envelope.orders.len()).unwrap_or(i64::MAX);
+//!             tx.execute(
+//!                 "INSERT INTO orders_seen (event_id, orders) VALUES ($1, $2)",
+//!                 &[&event.id().as_str(), &orders],
+//!             )
+//!             .await
+//!             .map_err(ProcessError::retry)?;
 //!             Ok(())
 //!         })
 //!     })
@@ -235,12 +259,16 @@ mod error;
 mod outbox;
 mod worker;
 
+#[doc(no_inline)]
+pub use deadpool_postgres;
 pub use dedup::OutboxDedupStore;
 pub use error::OutboxError;
 pub use outbox::PostgresOutbox;
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use outbox::receive;
+#[doc(no_inline)]
+pub use tokio_postgres;
 pub use worker::OutboxWorker;
 
 pub use crate::ProcessError;

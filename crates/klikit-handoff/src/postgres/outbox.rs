@@ -2,23 +2,25 @@
 
 use std::{fmt, sync::Arc, time::Duration};
 
+use deadpool_postgres::Pool;
 use klikit_webhook::{
     ConfigError, EventId, KlikitEvent, PostgresStore,
     store::{sql::validate_identifier, ttl_millis},
 };
-use sqlx::{AssertSqlSafe, PgConnection, PgPool};
+use tokio_postgres::Transaction;
 
 use super::{OutboxDedupStore, OutboxError};
 
 /// Queues verified Klikit events in a Postgres table (the outbox).
 ///
 /// Cheap to clone (one `Arc` and a pool handle); clone it into every
-/// handler. See the [module docs](super) for the table, the transaction it
+/// handler. It runs its statements on a [`deadpool_postgres::Pool`]
+/// (prepared once per connection, through the pool's statement cache). See the [module docs](super) for the table, the transaction it
 /// shares with the dedup store, and an example.
 #[derive(Clone)]
 #[must_use]
 pub struct PostgresOutbox {
-    pub(super) pool: PgPool,
+    pub(super) pool: Pool,
     pub(super) inner: Arc<OutboxConfig>,
 }
 
@@ -89,7 +91,7 @@ impl Statements {
             ),
             // A dead letter keeps its event id taken, as a processed row does.
             enqueue: format!(
-                "INSERT INTO {t} (event_id, event_type, body) SELECT $1, $2, $3 \
+                "INSERT INTO {t} (event_id, event_type, body) SELECT $1::text, $2::text, $3::bytea \
                  WHERE NOT EXISTS (SELECT 1 FROM {d} WHERE event_id = $1) \
                  ON CONFLICT (event_id) DO NOTHING"
             ),
@@ -114,7 +116,7 @@ impl Statements {
                 "WITH dead AS (DELETE FROM {t} WHERE id = $1 AND attempts = $2 AND {pending} \
                  RETURNING id, event_id, event_type, body, enqueued_at) \
                  INSERT INTO {d} (event_id, id, event_type, body, enqueued_at, attempts, last_error) \
-                 SELECT event_id, id, event_type, body, enqueued_at, $3, $4 FROM dead \
+                 SELECT event_id, id, event_type, body, enqueued_at, $3::integer, $4::text FROM dead \
                  ON CONFLICT (event_id) DO UPDATE SET id = EXCLUDED.id, event_type = EXCLUDED.event_type, \
                  body = EXCLUDED.body, enqueued_at = EXCLUDED.enqueued_at, attempts = EXCLUDED.attempts, \
                  last_error = EXCLUDED.last_error, dead_at = now()"
@@ -139,10 +141,6 @@ impl Statements {
     }
 }
 
-pub(super) fn query(sql: &str) -> sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments> {
-    sqlx::query(AssertSqlSafe(sql))
-}
-
 impl PostgresOutbox {
     /// The default table name.
     pub const DEFAULT_TABLE: &'static str = "klikit_webhook_outbox";
@@ -158,7 +156,14 @@ impl PostgresOutbox {
     /// An outbox in the table [`DEFAULT_TABLE`](Self::DEFAULT_TABLE) of
     /// `pool`'s database. Call [`migrate`](Self::migrate) (once) before the
     /// first delivery.
-    pub fn new(pool: PgPool) -> Self {
+    ///
+    /// With the dedup store in the same database, share its pool:
+    /// `PostgresOutbox::new(store.pool().clone())` (see the
+    /// [module docs](super)). Give the pool a
+    /// [wait timeout](deadpool_postgres::PoolBuilder::wait_timeout) (and a
+    /// create timeout): without one, a worker waits for a free connection
+    /// for as long as it takes.
+    pub fn new(pool: Pool) -> Self {
         Self {
             pool,
             inner: Arc::new(OutboxConfig {
@@ -264,7 +269,7 @@ impl PostgresOutbox {
     }
 
     /// The connection pool.
-    pub fn pool(&self) -> &PgPool {
+    pub fn pool(&self) -> &Pool {
         &self.pool
     }
 
@@ -278,7 +283,7 @@ impl PostgresOutbox {
     /// # Errors
     ///
     /// [`OutboxError::Database`] if a statement fails, for instance for lack
-    /// of the `CREATE` privilege.
+    /// of the `CREATE` privilege; [`OutboxError::Pool`] without a connection.
     pub async fn migrate(&self) -> Result<(), OutboxError> {
         let config = &self.inner;
         let lock_name = format!(
@@ -286,17 +291,16 @@ impl PostgresOutbox {
             config.schema.as_deref().unwrap_or(""),
             config.table
         );
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-            .bind(lock_name)
-            .execute(&mut *tx)
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1::text))", &[&lock_name])
             .await?;
         for statement in [
             &config.sql.create_table,
             &config.sql.create_index,
             &config.sql.create_dead_table,
         ] {
-            query(statement).execute(&mut *tx).await?;
+            tx.batch_execute(statement).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -312,7 +316,8 @@ impl PostgresOutbox {
     /// # Errors
     ///
     /// - [`OutboxError::Database`] / [`OutboxError::Store`] if a statement
-    ///   or the commit failed: nothing was committed;
+    ///   or the commit failed, [`OutboxError::Pool`] if the pool had no
+    ///   connection to give: nothing was committed;
     /// - [`OutboxError::Timeout`] if it did not finish within the
     ///   [enqueue timeout](Self::with_enqueue_timeout). The commit may still
     ///   have happened; then the retry is answered as a duplicate (with
@@ -320,8 +325,12 @@ impl PostgresOutbox {
     pub async fn enqueue(&self, event: &KlikitEvent) -> Result<bool, OutboxError> {
         let timeout = self.inner.enqueue_timeout;
         let work = async {
-            let mut tx = self.pool.begin().await?;
-            let queued = self.enqueue_in(&mut tx, event).await?;
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            // The pool's statement cache: one round trip per statement once
+            // the connection has prepared it.
+            let insert = tx.prepare_cached(&self.inner.sql.enqueue).await?;
+            let queued = self.enqueue_with(&tx, &insert, event).await?;
             tx.commit().await?;
             Ok::<_, OutboxError>(queued)
         };
@@ -335,30 +344,64 @@ impl PostgresOutbox {
 
     /// [`enqueue`](Self::enqueue) inside **your** transaction: queues the
     /// event and, with [`with_dedup`](Self::with_dedup), marks the dedup
-    /// claim done, through `conn`, without committing.
+    /// claim done, through `tx`, without committing.
+    ///
+    /// `tx` is a [`tokio_postgres::Transaction`]; a
+    /// [`deadpool_postgres::Transaction`] (what `client.transaction()` gives
+    /// on a connection of a [`deadpool_postgres::Pool`]) dereferences to
+    /// one, so pass `&tx` either way. It must be a connection to this
+    /// outbox's database.
     ///
     /// Use it to write more in the same transaction (your own record of the
     /// delivery, say). Commit before answering 2xx. Returns whether the
     /// event was queued now (`false`: it was already in the outbox).
     ///
+    /// ```no_run
+    /// # use klikit_handoff::postgres::{OutboxError, PostgresOutbox};
+    /// # use klikit_webhook::KlikitEvent;
+    /// async fn handle(outbox: &PostgresOutbox, event: &KlikitEvent) -> Result<bool, OutboxError> {
+    ///     let mut client = outbox.pool().get().await?;
+    ///     let tx = client.transaction().await?;
+    ///     let queued = outbox.enqueue_in(&tx, event).await?;
+    ///     tx.execute("INSERT INTO deliveries (event_id) VALUES ($1)", &[&event.id().as_str()])
+    ///         .await?;
+    ///     tx.commit().await?;
+    ///     Ok(queued)
+    /// }
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`OutboxError::Database`] or [`OutboxError::Store`] if a statement
-    /// failed; roll the transaction back.
-    pub async fn enqueue_in(&self, conn: &mut PgConnection, event: &KlikitEvent) -> Result<bool, OutboxError> {
-        let config = &self.inner;
+    /// failed; roll the transaction back (or drop it, which rolls it back).
+    pub async fn enqueue_in(&self, tx: &Transaction<'_>, event: &KlikitEvent) -> Result<bool, OutboxError> {
+        let insert = tx.prepare(&self.inner.sql.enqueue).await?;
+        self.enqueue_with(tx, &insert, event).await
+    }
+
+    /// The statements of [`enqueue_in`](Self::enqueue_in), with the outbox's
+    /// insert already prepared on `tx`'s connection.
+    async fn enqueue_with(
+        &self,
+        tx: &Transaction<'_>,
+        insert: &tokio_postgres::Statement,
+        event: &KlikitEvent,
+    ) -> Result<bool, OutboxError> {
         // Outbox first, then the dedup row: every path takes the two locks
         // in this order, so concurrent deliveries of one id cannot deadlock.
-        let queued = query(&config.sql.enqueue)
-            .bind(event.id().as_str())
-            .bind(event.event_type().as_str())
-            .bind(event.body().as_ref())
-            .execute(&mut *conn)
+        let queued = tx
+            .execute(
+                insert,
+                &[
+                    &event.id().as_str(),
+                    &event.event_type().as_str(),
+                    &event.body().as_ref(),
+                ],
+            )
             .await?
-            .rows_affected()
             == 1;
-        if let Some((store, retention)) = &config.dedup {
-            store.complete_event_in(conn, event.id(), *retention).await?;
+        if let Some((store, retention)) = &self.inner.dedup {
+            store.complete_event_in(tx, event.id(), *retention).await?;
         }
         Ok(queued)
     }
@@ -369,11 +412,12 @@ impl PostgresOutbox {
     ///
     /// # Errors
     ///
-    /// [`OutboxError::Database`] if the query fails.
+    /// [`OutboxError::Database`] if the query fails, [`OutboxError::Pool`]
+    /// without a connection.
     pub async fn pending(&self) -> Result<i64, OutboxError> {
-        Ok(sqlx::query_scalar(AssertSqlSafe(self.inner.sql.pending.as_str()))
-            .fetch_one(&self.pool)
-            .await?)
+        let client = self.pool.get().await?;
+        let statement = client.prepare_cached(&self.inner.sql.pending).await?;
+        Ok(client.query_one(&statement, &[]).await?.try_get(0)?)
     }
 
     /// Deletes the rows processed more than `older_than` ago,
@@ -388,17 +432,15 @@ impl PostgresOutbox {
     ///
     /// # Errors
     ///
-    /// [`OutboxError::Database`] if a statement fails; rows deleted by earlier
-    /// batches stay deleted.
+    /// [`OutboxError::Database`] if a statement fails, [`OutboxError::Pool`]
+    /// without a connection; rows deleted by earlier batches stay deleted.
     pub async fn purge_processed(&self, older_than: Duration) -> Result<u64, OutboxError> {
+        let client = self.pool.get().await?;
+        let purge = client.prepare_cached(&self.inner.sql.purge).await?;
+        let older_than = ttl_millis(older_than);
         let mut total = 0;
         loop {
-            let deleted = query(&self.inner.sql.purge)
-                .bind(ttl_millis(older_than))
-                .bind(Self::PURGE_BATCH)
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
+            let deleted = client.execute(&purge, &[&older_than, &Self::PURGE_BATCH]).await?;
             total += deleted;
             if deleted < Self::PURGE_BATCH.unsigned_abs() {
                 return Ok(total);
@@ -420,23 +462,20 @@ impl PostgresOutbox {
     ///
     /// - [`OutboxError::ReplayConflict`] if the outbox already holds a row
     ///   with that event id; nothing changed;
-    /// - [`OutboxError::Database`] if a statement failed; nothing changed.
+    /// - [`OutboxError::Database`] if a statement failed, or
+    ///   [`OutboxError::Pool`] without a connection; nothing changed.
     pub async fn replay_dead_letter(&self, event_id: &EventId) -> Result<bool, OutboxError> {
         let sql = &self.inner.sql;
-        let replayed = query(&sql.replay)
-            .bind(event_id.as_str())
-            .execute(&self.pool)
-            .await?
-            .rows_affected()
-            == 1;
+        let client = self.pool.get().await?;
+        let replayed = client.execute(sql.replay.as_str(), &[&event_id.as_str()]).await? == 1;
         if replayed {
             tracing::info!(%event_id, table = %self.inner.table, "dead letter queued again");
             return Ok(true);
         }
-        let dead: i64 = sqlx::query_scalar(AssertSqlSafe(sql.dead_exists.as_str()))
-            .bind(event_id.as_str())
-            .fetch_one(&self.pool)
-            .await?;
+        let dead: i64 = client
+            .query_one(sql.dead_exists.as_str(), &[&event_id.as_str()])
+            .await?
+            .try_get(0)?;
         match dead {
             0 => Ok(false),
             _ => Err(OutboxError::ReplayConflict {

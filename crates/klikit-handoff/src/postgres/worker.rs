@@ -3,12 +3,16 @@
 use std::{any::Any, fmt, future::Future, panic::AssertUnwindSafe, pin::pin, time::Duration};
 
 use bytes::Bytes;
+use deadpool_postgres::{GenericClient, Object, Transaction};
 use futures_util::{FutureExt, future::BoxFuture};
 use klikit_webhook::{EventId, EventType, KlikitEvent, store::ttl_millis};
-use sqlx::{AssertSqlSafe, Connection, PgConnection, Row, postgres::PgRow};
+use tokio_postgres::Row;
 use tracing::Instrument;
 
-use super::{OutboxError, PostgresOutbox, ProcessError, error::AttemptFailure, outbox::query};
+use super::{
+    OutboxError, PostgresOutbox, ProcessError,
+    error::{AttemptFailure, DescribedError, describe},
+};
 use crate::common::RetryBackoff;
 
 const SAVEPOINT: &str = "SAVEPOINT klikit_outbox_attempt";
@@ -26,7 +30,7 @@ const ROLLBACK_TO_SAVEPOINT: &str = "ROLLBACK TO SAVEPOINT klikit_outbox_attempt
 ///    A row whose attempts are used up (its last attempt never finished) is
 ///    moved to the dead-letter table instead, without running again;
 /// 2. in a transaction of the row's own, locks the row and, in a savepoint,
-///    calls your closure with that transaction's connection and the rebuilt
+///    calls your closure with that transaction and the rebuilt
 ///    [`KlikitEvent`]; a panic of the closure is caught;
 /// 3. records the outcome and commits:
 ///
@@ -45,16 +49,25 @@ const ROLLBACK_TO_SAVEPOINT: &str = "ROLLBACK TO SAVEPOINT klikit_outbox_attempt
 /// dead-letter table and how to replay a row from it.
 ///
 /// Several workers (tasks or processes) may run at once. See the
-/// [module docs](super) for why effects written through the connection happen
+/// [module docs](super) for why effects written through the transaction happen
 /// exactly once, and what that needs for effects elsewhere.
 ///
 /// The closure has the signature
-/// `for<'c> Fn(&'c mut PgConnection, KlikitEvent) -> BoxFuture<'c, Result<(), ProcessError>>`:
-/// write it `|conn, event| Box::pin(async move { ... })`, or
-/// `|conn, event| Box::pin(my_async_fn(conn, event))`. Pass it straight to
-/// [`run`](Self::run) so that Rust infers that signature; a closure first
-/// stored in a `let` needs it spelled out (through a generic helper function
-/// with that bound).
+/// `for<'c> Fn(&'c Transaction<'c>, KlikitEvent) -> BoxFuture<'c, Result<(), ProcessError>>`,
+/// where `Transaction` is [`deadpool_postgres::Transaction`]: a
+/// [`tokio_postgres::Transaction`] (it dereferences to one, so `tx.execute`,
+/// `tx.query_one` and the rest work as usual, and `&tx` can be passed where
+/// `&tokio_postgres::Transaction` is expected) that can also
+/// [`prepare_cached`](deadpool_postgres::Transaction::prepare_cached) on the
+/// pool's statement cache. It is a shared reference: the worker commits or
+/// rolls back, not the closure.
+///
+/// Write the closure `|tx, event| Box::pin(async move { ... })`, or
+/// `|tx, event| Box::pin(my_async_fn(tx, event))` with
+/// `async fn my_async_fn(tx: &Transaction<'_>, event: KlikitEvent) -> Result<(), ProcessError>`.
+/// Pass it straight to [`run`](Self::run) so that Rust infers that
+/// signature; a closure first stored in a `let` needs it spelled out
+/// (through a generic helper function with that bound).
 ///
 /// The rebuilt event's [`secret_index`](KlikitEvent::secret_index) is 0.
 #[derive(Clone)]
@@ -79,8 +92,8 @@ struct Claimed {
     last_error: Option<String>,
 }
 
-impl sqlx::FromRow<'_, PgRow> for Claimed {
-    fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
+impl Claimed {
+    fn from_row(row: &Row) -> Result<Self, tokio_postgres::Error> {
         Ok(Self {
             id: row.try_get("id")?,
             event_id: row.try_get("event_id")?,
@@ -180,14 +193,15 @@ impl OutboxWorker {
     /// [`OutboxError::Database`] if a statement or a commit failed. The rows
     /// committed before stay processed; the row in hand is rolled back, its
     /// attempt counted, and taken again when its lease ends.
+    /// [`OutboxError::Pool`] if the pool had no connection to give.
     pub async fn process_batch<F>(&self, process: &F) -> Result<usize, OutboxError>
     where
-        F: for<'c> Fn(&'c mut PgConnection, KlikitEvent) -> BoxFuture<'c, Result<(), ProcessError>>,
+        F: for<'c> Fn(&'c Transaction<'c>, KlikitEvent) -> BoxFuture<'c, Result<(), ProcessError>>,
     {
-        let mut conn = self.outbox.pool.acquire().await?;
+        let mut client = self.outbox.pool.get().await?;
         let mut taken = 0;
         while taken < self.batch {
-            let Some(row) = self.claim(&mut conn).await? else {
+            let Some(row) = self.claim(&client).await? else {
                 break;
             };
             taken += 1;
@@ -197,26 +211,24 @@ impl OutboxWorker {
                 row = row.id,
                 attempt = row.attempts
             );
-            self.attempt(&mut conn, row, process).instrument(span).await?;
+            self.attempt(&mut client, row, process).instrument(span).await?;
         }
         Ok(taken)
     }
 
     /// Step 1: counts an attempt of the oldest available row and leases it,
     /// committed on its own.
-    async fn claim(&self, conn: &mut PgConnection) -> Result<Option<Claimed>, OutboxError> {
-        let sql = &self.outbox.inner.sql;
-        Ok(sqlx::query_as(AssertSqlSafe(sql.claim.as_str()))
-            .bind(ttl_millis(self.lease))
-            .fetch_optional(&mut *conn)
-            .await?)
+    async fn claim(&self, client: &Object) -> Result<Option<Claimed>, OutboxError> {
+        let claim = client.prepare_cached(&self.outbox.inner.sql.claim).await?;
+        let row = client.query_opt(&claim, &[&ttl_millis(self.lease)]).await?;
+        Ok(row.as_ref().map(Claimed::from_row).transpose()?)
     }
 
     /// Steps 2 and 3 for one claimed row, or straight to the dead-letter
     /// table if it must not run.
-    async fn attempt<F>(&self, conn: &mut PgConnection, row: Claimed, process: &F) -> Result<(), OutboxError>
+    async fn attempt<F>(&self, client: &mut Object, row: Claimed, process: &F) -> Result<(), OutboxError>
     where
-        F: for<'c> Fn(&'c mut PgConnection, KlikitEvent) -> BoxFuture<'c, Result<(), ProcessError>>,
+        F: for<'c> Fn(&'c Transaction<'c>, KlikitEvent) -> BoxFuture<'c, Result<(), ProcessError>>,
     {
         let Claimed {
             id,
@@ -238,14 +250,14 @@ impl OutboxWorker {
             match EventId::new(&event_id) {
                 Ok(valid) => {
                     let event = KlikitEvent::new(valid, EventType::from_name(&event_type), Bytes::from(body));
-                    return self.run_attempt(conn, id, attempts, event, process).await;
+                    return self.run_attempt(client, id, attempts, event, process).await;
                 }
                 Err(source) => Some(AttemptFailure::InvalidEventId { event_id, source }),
             }
         };
         if let Some(failure) = not_run {
-            let error = failure.to_string();
-            if self.dead_letter(conn, id, attempts, made, &error).await? {
+            let error = describe(&failure);
+            if self.dead_letter(&*client, id, attempts, made, &error).await? {
                 tracing::error!(%error, "the event is given up without running; moved to the dead-letter table");
             }
         }
@@ -256,67 +268,64 @@ impl OutboxWorker {
     /// outcome, commit.
     async fn run_attempt<F>(
         &self,
-        conn: &mut PgConnection,
+        client: &mut Object,
         id: i64,
         attempts: i32,
         event: KlikitEvent,
         process: &F,
     ) -> Result<(), OutboxError>
     where
-        F: for<'c> Fn(&'c mut PgConnection, KlikitEvent) -> BoxFuture<'c, Result<(), ProcessError>>,
+        F: for<'c> Fn(&'c Transaction<'c>, KlikitEvent) -> BoxFuture<'c, Result<(), ProcessError>>,
     {
         let sql = &self.outbox.inner.sql;
 
-        let mut tx = Connection::begin(&mut *conn).await?;
-        let ours = query(&sql.lock)
-            .bind(id)
-            .bind(attempts)
-            .fetch_optional(&mut *tx)
-            .await?
-            .is_some();
+        let tx = client.transaction().await?;
+        let lock = tx.prepare_cached(&sql.lock).await?;
+        let ours = tx.query_opt(&lock, &[&id, &attempts]).await?.is_some();
         if !ours {
             tx.rollback().await?;
             tracing::info!("the row's lease ended before this worker locked it, and another worker took it; skipped");
             return Ok(());
         }
-        sqlx::raw_sql(SAVEPOINT).execute(&mut *tx).await?;
-        let ran = AssertUnwindSafe(async { process(&mut tx, event).await })
+        // Raw statements rather than `Transaction::savepoint`: the closure
+        // gets the row's transaction itself, and a RELEASE that fails (the
+        // closure left the transaction aborted) must be followed by a
+        // ROLLBACK TO on the same transaction.
+        tx.batch_execute(SAVEPOINT).await?;
+        let ran = AssertUnwindSafe(async { process(&tx, event).await })
             .catch_unwind()
             .await;
         let error = match ran {
             // RELEASE fails if the closure left the transaction aborted.
-            Ok(Ok(())) => match sqlx::raw_sql(RELEASE_SAVEPOINT).execute(&mut *tx).await {
-                Ok(_) => {
-                    query(&sql.mark_processed).bind(id).execute(&mut *tx).await?;
+            Ok(Ok(())) => match tx.batch_execute(RELEASE_SAVEPOINT).await {
+                Ok(()) => {
+                    let mark = tx.prepare_cached(&sql.mark_processed).await?;
+                    tx.execute(&mark, &[&id]).await?;
                     tx.commit().await?;
                     tracing::debug!("klikit event processed");
                     return Ok(());
                 }
-                Err(error) => ProcessError::retry(AttemptFailure::Aborted(error)),
+                Err(error) => ProcessError::retry(AttemptFailure::Aborted(DescribedError(error))),
             },
             Ok(Err(error)) => error,
             Err(panic) => ProcessError::retry(AttemptFailure::Panicked(panic_message(panic.as_ref()))),
         };
-        sqlx::raw_sql(ROLLBACK_TO_SAVEPOINT).execute(&mut *tx).await?;
+        tx.batch_execute(ROLLBACK_TO_SAVEPOINT).await?;
         let max = self.max_attempts;
+        let message = describe(&error);
         if !error.is_retryable() || attempts >= max {
             tracing::error!(
-                %error,
+                error = %message,
                 max_attempts = max,
                 dead_letter_table = %self.outbox.dead_letter_table(),
                 "processing failed; the event is given up and moved to the dead-letter table"
             );
-            self.dead_letter(&mut tx, id, attempts, attempts, &error.to_string())
-                .await?;
+            self.dead_letter(&tx, id, attempts, attempts, &message).await?;
         } else {
             let delay = self.retry.delay(i64::from(attempts) - 1);
-            tracing::warn!(%error, max_attempts = max, retry_in = ?delay, "processing failed; the event will be taken again");
-            query(&sql.mark_retry)
-                .bind(id)
-                .bind(ttl_millis(delay))
-                .bind(error.to_string())
-                .execute(&mut *tx)
-                .await?;
+            tracing::warn!(error = %message, max_attempts = max, retry_in = ?delay, "processing failed; the event will be taken again");
+            let retry = tx.prepare_cached(&sql.mark_retry).await?;
+            tx.execute(&retry, &[&id, &ttl_millis(delay), &message]).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -326,21 +335,14 @@ impl OutboxWorker {
     /// `error`, if it is still the claim `token`'s; returns whether it did.
     async fn dead_letter(
         &self,
-        conn: &mut PgConnection,
+        client: &(impl GenericClient + ?Sized),
         id: i64,
         token: i32,
         made: i32,
         error: &str,
     ) -> Result<bool, OutboxError> {
-        let moved = query(&self.outbox.inner.sql.dead_letter)
-            .bind(id)
-            .bind(token)
-            .bind(made)
-            .bind(error)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected()
-            == 1;
+        let dead_letter = client.prepare_cached(&self.outbox.inner.sql.dead_letter).await?;
+        let moved = client.execute(&dead_letter, &[&id, &token, &made, &error]).await? == 1;
         if !moved {
             tracing::info!("another worker took the row over; it was not dead-lettered by this one");
         }
@@ -355,7 +357,7 @@ impl OutboxWorker {
     /// See [`run_until`](Self::run_until).
     pub async fn run<F>(&self, process: F) -> Result<(), OutboxError>
     where
-        F: for<'c> Fn(&'c mut PgConnection, KlikitEvent) -> BoxFuture<'c, Result<(), ProcessError>>,
+        F: for<'c> Fn(&'c Transaction<'c>, KlikitEvent) -> BoxFuture<'c, Result<(), ProcessError>>,
     {
         self.run_until(process, std::future::pending()).await
     }
@@ -367,13 +369,14 @@ impl OutboxWorker {
     ///
     /// # Errors
     ///
-    /// [`OutboxError::Database`] if the **first** batch fails (a missing
-    /// table, no connection at start-up: a configuration problem). Later
+    /// [`OutboxError::Database`] or [`OutboxError::Pool`] if the **first**
+    /// batch fails (a missing table, no connection at start-up: a
+    /// configuration problem). Later
     /// failures are logged and retried after the poll interval; their rows
     /// are taken again when their lease ends.
     pub async fn run_until<F, S>(&self, process: F, shutdown: S) -> Result<(), OutboxError>
     where
-        F: for<'c> Fn(&'c mut PgConnection, KlikitEvent) -> BoxFuture<'c, Result<(), ProcessError>>,
+        F: for<'c> Fn(&'c Transaction<'c>, KlikitEvent) -> BoxFuture<'c, Result<(), ProcessError>>,
         S: Future<Output = ()>,
     {
         let table = &self.outbox.inner.table;

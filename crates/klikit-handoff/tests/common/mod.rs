@@ -29,15 +29,44 @@ pub fn unreachable<T>(backend: &str, url: &str, error: impl Display) -> Option<T
 }
 
 /// One connection attempt to Postgres with a deadline (a pool would retry
-/// until its acquire timeout); `None` (after [`unreachable`]) if it fails.
+/// until its wait timeout); `None` (after [`unreachable`]) if it fails.
 pub async fn probe_postgres(url: &str) -> Option<()> {
-    use sqlx::Connection;
-    match tokio::time::timeout(PROBE_TIMEOUT, sqlx::PgConnection::connect(url)).await {
-        Ok(Ok(connection)) => {
-            let _ = connection.close().await;
+    match tokio::time::timeout(PROBE_TIMEOUT, tokio_postgres::connect(url, tokio_postgres::NoTls)).await {
+        // Dropping the client closes the connection; its task then ends.
+        Ok(Ok((client, connection))) => {
+            drop(client);
+            let _ = connection.await;
             Some(())
         }
-        Ok(Err(error)) => unreachable("Postgres", url, error),
+        Ok(Err(error)) => unreachable("Postgres", url, describe(&error)),
         Err(_) => unreachable("Postgres", url, "no answer within the probe timeout"),
     }
+}
+
+/// A deadpool-postgres pool of at most `max` connections to `url`, with wait
+/// and create timeouts so that a test never waits forever. Lazy: nothing
+/// connects until the first `get`.
+pub fn pool(url: &str, max: usize) -> deadpool_postgres::Pool {
+    let config: tokio_postgres::Config = url.parse().expect("a valid Postgres URL");
+    let manager = deadpool_postgres::Manager::new(config, tokio_postgres::NoTls);
+    deadpool_postgres::Pool::builder(manager)
+        .max_size(max)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(20)))
+        .create_timeout(Some(PROBE_TIMEOUT))
+        .build()
+        .expect("pool")
+}
+
+/// `error` and its sources (`tokio_postgres::Error` says only "db error";
+/// what Postgres said is its source).
+pub fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
 }

@@ -20,11 +20,11 @@ use axum::{Router, routing::post};
 use futures_util::StreamExt;
 use klikit_handoff::postgres::{OutboxWorker, PostgresOutbox, ProcessError, receive};
 use klikit_webhook::testing::WEBHOOK_PATH;
-use sqlx::{AssertSqlSafe, postgres::PgPoolOptions};
 use tokio::sync::mpsc;
 
 use super::{
-    DUPLICATE, RECEIVED, common, layer, order_body, pool_or_skip, scalar, send, store_and_outbox, unique, with_cleanup,
+    DUPLICATE, RECEIVED, client, common, execute, layer, order_body, pool_or_skip, query_rows, scalar, send,
+    store_and_outbox, unique, with_cleanup,
 };
 
 const WORKER_ENV: &str = "KLIKIT_TEST_OUTBOX_WORKER";
@@ -56,11 +56,7 @@ async fn outbox_worker_process_entry() {
         panic!("bad {WORKER_ENV}: {config:?}");
     };
     let hang_after: usize = hang_after.parse().expect("hang_after");
-    let pool = PgPoolOptions::new()
-        .max_connections(2)
-        .connect(url)
-        .await
-        .expect("connect");
+    let pool = common::pool(url, 2);
     let outbox = PostgresOutbox::new(pool).with_table(table).expect("table");
     let worker = OutboxWorker::new(&outbox)
         .with_batch_size(5)
@@ -74,14 +70,10 @@ async fn outbox_worker_process_entry() {
     let pid = i32::try_from(std::process::id()).expect("pid");
     say(&format!("STARTED {pid}"));
     let result = worker
-        .run(|conn, event| {
+        .run(|tx, event| {
             let (insert, calls) = (insert.clone(), calls.clone());
             Box::pin(async move {
-                sqlx::query(AssertSqlSafe(insert.as_str()))
-                    .bind(event.id().as_str())
-                    .bind(pid)
-                    .bind(event.body().as_ref())
-                    .execute(&mut *conn)
+                tx.execute(insert.as_str(), &[&event.id().as_str(), &pid, &event.body().as_ref()])
                     .await
                     .map_err(ProcessError::retry)?;
                 let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
@@ -209,12 +201,13 @@ async fn full_path_worker_killed_mid_batch_processes_every_event_once() {
         const KILL_SECOND_AFTER: usize = 82;
         let started = Instant::now();
         let (_store, outbox) = store_and_outbox(&db, &d, &t).await;
-        sqlx::query(AssertSqlSafe(format!(
-            r#"CREATE TABLE "{e}" (n bigserial PRIMARY KEY, event_id text NOT NULL, pid integer NOT NULL, body bytea NOT NULL)"#
-        )))
-        .execute(&db)
-        .await
-        .expect("effects table");
+        execute(
+            &db,
+            &format!(
+                r#"CREATE TABLE "{e}" (n bigserial PRIMARY KEY, event_id text NOT NULL, pid integer NOT NULL, body bytea NOT NULL)"#
+            ),
+        )
+        .await;
 
         let app: Router = Router::new()
             .route(WEBHOOK_PATH, post(receive))
@@ -279,10 +272,7 @@ async fn full_path_worker_killed_mid_batch_processes_every_event_once() {
         wait_for(&mut lines, &mut ledger, deadline, |l, _| l.hung.is_some()).await;
         let hung = ledger.hung.clone().expect("hung id");
         let row_locked = format!(r#"SELECT 1 FROM "{t}" WHERE event_id = $1 FOR UPDATE NOWAIT"#);
-        let locked = sqlx::query(AssertSqlSafe(row_locked.clone()))
-            .bind(&hung)
-            .fetch_optional(&db)
-            .await;
+        let locked = client(&db).await.query_opt(row_locked.as_str(), &[&hung]).await;
         assert!(locked.is_err(), "the hung worker holds its row's lock");
         first.kill();
         let hung_effects = scalar(&db, format!(r#"SELECT count(*) FROM "{e}" WHERE event_id = '{hung}'"#)).await;
@@ -295,7 +285,7 @@ async fn full_path_worker_killed_mid_batch_processes_every_event_once() {
         // and locks) when it notices the closed socket: poll briefly.
         let mut released = None;
         for _ in 0..100 {
-            match sqlx::query(AssertSqlSafe(row_locked.clone())).bind(&hung).fetch_one(&db).await {
+            match client(&db).await.query_one(row_locked.as_str(), &[&hung]).await {
                 Ok(row) => {
                     released = Some(row);
                     break;
@@ -354,18 +344,24 @@ async fn full_path_worker_killed_mid_batch_processes_every_event_once() {
             ledger.record(worker, &line);
         }
 
-        let per_event: Vec<(String, i64, Vec<u8>)> = sqlx::query_as(AssertSqlSafe(format!(
-            r#"SELECT event_id, count(*), (array_agg(body))[1] FROM "{e}" GROUP BY event_id ORDER BY event_id"#
-        )))
-        .fetch_all(&db)
+        let per_event: Vec<(String, i64, Vec<u8>)> = query_rows(
+            &db,
+            &format!(
+                r#"SELECT event_id, count(*), (array_agg(body))[1] FROM "{e}" GROUP BY event_id ORDER BY event_id"#
+            ),
+        )
         .await
-        .expect("effects");
-        let by_pid: Vec<(i32, i64)> = sqlx::query_as(AssertSqlSafe(format!(
-            r#"SELECT pid, count(*) FROM "{e}" GROUP BY pid ORDER BY pid"#
-        )))
-        .fetch_all(&db)
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect();
+        let by_pid: Vec<(i32, i64)> = query_rows(
+            &db,
+            &format!(r#"SELECT pid, count(*) FROM "{e}" GROUP BY pid ORDER BY pid"#),
+        )
         .await
-        .expect("effects per pid");
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
         let outbox_rows = scalar(&db, format!(r#"SELECT count(*) FROM "{t}""#)).await;
         let processed = scalar(&db, format!(r#"SELECT count(*) FROM "{t}" WHERE processed_at IS NOT NULL"#)).await;
         let done = scalar(&db, format!(r#"SELECT count(*) FROM "{d}" WHERE done"#)).await;

@@ -15,11 +15,11 @@ use std::{
 };
 
 use futures_util::{FutureExt, future::BoxFuture};
+use klikit_handoff::postgres::deadpool_postgres::{Pool, Transaction};
 use klikit_handoff::postgres::{OutboxError, OutboxWorker, PostgresOutbox, ProcessError};
 use klikit_webhook::{EventId, KlikitEvent};
-use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 
-use super::{as_process, event, order_body, pool_or_skip, scalar, unique, with_cleanup};
+use super::{as_process, event, execute, order_body, pool_or_skip, query_rows, scalar, unique, with_cleanup};
 
 const MAX_ATTEMPTS: u32 = 3;
 const POISON: &str = "poison";
@@ -40,15 +40,10 @@ fn calls_of(calls: &Calls, id: &str) -> u32 {
 
 /// Fresh outbox (and so dead-letter) and effects tables; the effects table
 /// has no unique key, so an event processed twice shows up as two rows.
-async fn outbox_and_effects(db: &PgPool, table: &str, effects: &str) -> PostgresOutbox {
+async fn outbox_and_effects(db: &Pool, table: &str, effects: &str) -> PostgresOutbox {
     let outbox = PostgresOutbox::new(db.clone()).with_table(table).expect("table");
     outbox.migrate().await.expect("migrate");
-    sqlx::query(AssertSqlSafe(format!(
-        r#"CREATE TABLE "{effects}" (event_id text NOT NULL)"#
-    )))
-    .execute(db)
-    .await
-    .expect("effects table");
+    execute(db, &format!(r#"CREATE TABLE "{effects}" (event_id text NOT NULL)"#)).await;
     outbox
 }
 
@@ -58,25 +53,21 @@ fn process_with(
     effects: &str,
     calls: Calls,
     fail: impl Fn(&str, u32) -> Fail + Send + Sync + 'static,
-) -> impl for<'c> Fn(&'c mut PgConnection, KlikitEvent) -> BoxFuture<'c, Result<(), ProcessError>> {
+) -> impl for<'c> Fn(&'c Transaction<'c>, KlikitEvent) -> BoxFuture<'c, Result<(), ProcessError>> {
     let insert = Arc::new(format!(r#"INSERT INTO "{effects}" (event_id) VALUES ($1)"#));
     let fail = Arc::new(fail);
-    as_process(move |conn, event| {
+    as_process(move |tx, event| {
         let (calls, insert, fail) = (calls.clone(), insert.clone(), fail.clone());
         Box::pin(async move {
             let id = event.id().as_str().to_owned();
             let n = count_call(&calls, &id);
-            sqlx::query(AssertSqlSafe(insert.as_str()))
-                .bind(&id)
-                .execute(&mut *conn)
-                .await
-                .map_err(ProcessError::retry)?;
+            tx.execute(insert.as_str(), &[&id]).await.map_err(ProcessError::retry)?;
             match fail(&id, n) {
                 Fail::No => Ok(()),
                 Fail::SwallowsDbError => {
                     // A failed statement aborts the transaction; the closure
                     // ignores the error and reports success.
-                    let swallowed = sqlx::query("SELECT 1 / 0").execute(&mut *conn).await;
+                    let swallowed = tx.execute("SELECT 1 / 0", &[]).await;
                     debug_assert!(swallowed.is_err());
                     Ok(())
                 }
@@ -110,7 +101,7 @@ async fn drive<F>(
     deadline: Instant,
 ) -> Vec<String>
 where
-    F: for<'c> Fn(&'c mut PgConnection, KlikitEvent) -> BoxFuture<'c, Result<(), ProcessError>>,
+    F: for<'c> Fn(&'c Transaction<'c>, KlikitEvent) -> BoxFuture<'c, Result<(), ProcessError>>,
 {
     let mut rounds = Vec::new();
     while Instant::now() < deadline {
@@ -133,24 +124,27 @@ where
 }
 
 /// `(event_id, number of effect rows)`, by event id.
-async fn effects_per_event(db: &PgPool, effects: &str) -> BTreeMap<String, i64> {
-    let rows: Vec<(String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
-        r#"SELECT event_id, count(*) FROM "{effects}" GROUP BY event_id"#
-    )))
-    .fetch_all(db)
+async fn effects_per_event(db: &Pool, effects: &str) -> BTreeMap<String, i64> {
+    query_rows(
+        db,
+        &format!(r#"SELECT event_id, count(*) FROM "{effects}" GROUP BY event_id"#),
+    )
     .await
-    .expect("effects");
-    rows.into_iter().collect()
+    .iter()
+    .map(|row| (row.get(0), row.get(1)))
+    .collect()
 }
 
 /// `(event_id, attempts, last_error)` of every dead letter.
-async fn dead_letters(db: &PgPool, table: &str) -> Vec<(String, i32, String)> {
-    sqlx::query_as(AssertSqlSafe(format!(
-        r#"SELECT event_id, attempts, last_error FROM "{table}_dead" ORDER BY event_id"#
-    )))
-    .fetch_all(db)
+async fn dead_letters(db: &Pool, table: &str) -> Vec<(String, i32, String)> {
+    query_rows(
+        db,
+        &format!(r#"SELECT event_id, attempts, last_error FROM "{table}_dead" ORDER BY event_id"#),
+    )
     .await
-    .expect("dead-letter table")
+    .iter()
+    .map(|row| (row.get(0), row.get(1), row.get(2)))
+    .collect()
 }
 
 /// The poison row is queued first, so it heads every batch; six good rows
@@ -304,11 +298,13 @@ async fn retry_limit_dead_letters_after_max_attempts_and_processes_a_late_succes
             "the last attempt's error: {:?}",
             dead[0].2
         );
-        let late: (i32, bool) = sqlx::query_as(AssertSqlSafe(format!(
-            r#"SELECT attempts, processed_at IS NOT NULL FROM "{t}" WHERE event_id = 'late'"#
-        )))
-        .fetch_one(&db)
+        let late: (i32, bool) = query_rows(
+            &db,
+            &format!(r#"SELECT attempts, processed_at IS NOT NULL FROM "{t}" WHERE event_id = 'late'"#),
+        )
         .await
+        .first()
+        .map(|row| (row.get(0), row.get(1)))
         .expect("late row");
         assert_eq!(late, (MAX_ATTEMPTS as i32, true), "three attempts counted, processed");
     })
@@ -414,12 +410,16 @@ async fn replayed_dead_letter_is_processed_once() {
             dead_letters(&db, &t).await.is_empty(),
             "replayed: no longer a dead letter"
         );
-        let row: (i32, i64, bool) = sqlx::query_as(AssertSqlSafe(format!(
-            r#"SELECT attempts, (extract(epoch FROM enqueued_at) * 1e6)::bigint, processed_at IS NULL
+        let row: (i32, i64, bool) = query_rows(
+            &db,
+            &format!(
+                r#"SELECT attempts, (extract(epoch FROM enqueued_at) * 1e6)::bigint, processed_at IS NULL
                FROM "{t}" WHERE event_id = 'broken'"#
-        )))
-        .fetch_one(&db)
+            ),
+        )
         .await
+        .first()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
         .expect("replayed row");
         assert_eq!(
             row,
@@ -448,13 +448,14 @@ async fn replayed_dead_letter_is_processed_once() {
 
         // A dead letter whose id the outbox holds (put there by hand) is not
         // replayed over that row.
-        sqlx::query(AssertSqlSafe(format!(
-            r#"INSERT INTO "{t}_dead" (event_id, id, event_type, body, enqueued_at, attempts, last_error)
+        execute(
+            &db,
+            &format!(
+                r#"INSERT INTO "{t}_dead" (event_id, id, event_type, body, enqueued_at, attempts, last_error)
                SELECT event_id, id, event_type, body, enqueued_at, 1, 'by hand' FROM "{t}" WHERE event_id = 'other'"#
-        )))
-        .execute(&db)
-        .await
-        .expect("dead letter by hand");
+            ),
+        )
+        .await;
         let other: EventId = "other".parse().expect("id");
         let conflict = outbox.replay_dead_letter(&other).await;
         eprintln!("{test}: replay over a queued row -> {conflict:?}");

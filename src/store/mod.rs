@@ -29,8 +29,8 @@
 //! The caller holds the token *before* the store sees the claim. A claim
 //! whose caller stopped waiting (the layer's store timeout, or a request
 //! dropped mid-claim) can still land in the backend afterwards: Redis runs a
-//! command already written to its connection, sqlx's SQLite worker runs a
-//! statement its caller no longer awaits. Were the token made inside the
+//! command already written to its connection, the SQLite store's writer thread
+//! runs an operation its caller no longer awaits. Were the token made inside the
 //! store, nobody would hold that claim, and every retry of the event would
 //! get 409 until its lease ran out. Because the layer knows the token, it
 //! releases that claim in the background instead (retrying until the release
@@ -216,9 +216,10 @@ where
 /// body of the SQL stores' `cleanup`. Batches keep each statement short, so
 /// claims get the write lock in between.
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
-pub(crate) async fn delete_in_batches<Fut>(batch: i64, mut delete_batch: impl FnMut() -> Fut) -> Result<u64>
+pub(crate) async fn delete_in_batches<Fut, E>(batch: i64, mut delete_batch: impl FnMut() -> Fut) -> Result<u64>
 where
-    Fut: std::future::Future<Output = std::result::Result<u64, sqlx::Error>>,
+    Fut: std::future::Future<Output = std::result::Result<u64, E>>,
+    E: Into<BoxError>,
 {
     let mut total = 0;
     loop {

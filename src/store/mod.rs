@@ -216,7 +216,7 @@ where
 /// body of the SQL stores' `cleanup`. Batches keep each statement short, so
 /// claims get the write lock in between.
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
-pub(crate) async fn delete_in_batches<Fut, E>(batch: i64, mut delete_batch: impl FnMut() -> Fut) -> Result<u64>
+pub(crate) async fn delete_batches<Fut, E>(batch: i64, mut delete_batch: impl FnMut() -> Fut) -> Result<u64>
 where
     Fut: std::future::Future<Output = std::result::Result<u64, E>>,
     E: Into<BoxError>,
@@ -229,6 +229,15 @@ where
             return Ok(total);
         }
     }
+}
+
+/// [`delete_batches`] for a `delete_batch` that fails with a sqlx error.
+#[cfg(feature = "postgres")]
+pub(crate) async fn delete_in_batches<Fut>(batch: i64, delete_batch: impl FnMut() -> Fut) -> Result<u64>
+where
+    Fut: std::future::Future<Output = std::result::Result<u64, sqlx::Error>>,
+{
+    delete_batches(batch, delete_batch).await
 }
 
 /// `duration` in whole milliseconds, clamped to `1..=`[`MAX_TTL`]: how the

@@ -435,7 +435,7 @@ impl SqliteStore {
     /// Returns a [`StoreError`] if a statement fails; rows deleted by earlier
     /// batches stay deleted.
     pub async fn cleanup(&self) -> Result<u64> {
-        super::delete_in_batches(Self::CLEANUP_BATCH, || {
+        super::delete_batches(Self::CLEANUP_BATCH, || {
             let sql = Arc::clone(&self.sql);
             self.call(move |conn| {
                 let mut statement = conn.prepare_cached(&sql.cleanup)?;

@@ -159,7 +159,7 @@ say "results: $RESULTS (run id $RUN_ID)"
   echo; echo "## python3 -V"; python3 -V 2>&1
   if has_config redis; then echo; echo "## redis server"; redis-cli -u "$REDIS_URL" info server | grep -E '^(redis_version|os|arch_bits|process_id|tcp_port):' | tr -d '\r'; fi
   if has_config postgres; then echo; echo "## postgres server"; psql "$DATABASE_URL" -X -qtAc 'SELECT version()'; psql "$DATABASE_URL" -X -qtAc "SELECT name || '=' || setting FROM pg_settings WHERE name IN ('synchronous_commit','fsync','shared_buffers','max_connections')"; fi
-  if has_config sqlite; then echo; echo "## sqlite3 (the CLI that counts records; the store uses sqlx's bundled SQLite)"; sqlite3 --version; fi
+  if has_config sqlite; then echo; echo "## sqlite3 (the CLI that counts records; the store uses rusqlite's bundled SQLite)"; sqlite3 --version; fi
   echo; echo "## load average before (1, 5, 15 min, runnable/total, last pid)"; cat /proc/loadavg
 } >"$RESULTS/machine.txt"
 

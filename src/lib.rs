@@ -259,7 +259,7 @@
 //! | feature | default | enables |
 //! |---|---|---|
 //! | `axum` | yes | the `KlikitEvent` and `KlikitPayload` extractors |
-//! | `sqlite` | no | `SqliteStore`: an embedded, persistent dedup store (bundled SQLite, via sqlx) |
+//! | `sqlite` | no | `SqliteStore`: an embedded, persistent dedup store (bundled SQLite via rusqlite, one writer thread with group commit) |
 //! | `redis` | no | `RedisStore`: a dedup store shared by every instance, in Redis |
 //! | `postgres` | no | `PostgresStore`: a dedup store shared by every instance, in a Postgres table (tokio-postgres, deadpool-postgres pool) |
 //! | `test-util` | no | `testing`: `signed_request` (a delivery as Klikit sends it) and `conformance`, the test suite for dedup stores |

@@ -139,8 +139,8 @@ async fn until_not_in_flight(app: &Router, id: &str, within: Duration) -> (Statu
 
 /// A store whose next `claim` (while `slow` is set) lands in the inner store
 /// only after [`LATE_BY`], whether or not its caller still waits: like a
-/// command already queued on a Redis connection, or a statement sqlx's
-/// SQLite worker runs after its caller is gone.
+/// command already queued on a Redis connection, or an operation the
+/// SQLite store's writer thread runs after its caller is gone.
 #[derive(Debug, Clone)]
 struct LateStore {
     inner: Arc<MemoryStore>,

@@ -1,7 +1,17 @@
-//! The conformance suite against [`SqliteStore`] on temporary files.
+//! The conformance suite against [`SqliteStore`] on temporary files, and
+//! what is particular to it: migration of an older table, URLs, the group
+//! commit of its writer thread (one failing operation in a group fails
+//! alone), a closed store answering errors, and two processes sharing a
+//! file.
 #![cfg(all(feature = "sqlite", feature = "test-util"))]
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use futures_util::future::join_all;
 
 use klikit_webhook::{
     ConfigError, EventId, SqliteStore,
@@ -19,7 +29,8 @@ fn path(namespace: &str) -> PathBuf {
 impl StoreFactory for Sqlite {
     type Store = SqliteStore;
 
-    /// A new pool on the namespace's file, as a restarted process would open.
+    /// A new store (writer thread and connection) on the namespace's file,
+    /// as a restarted process would open.
     async fn open(&self, namespace: &str) -> SqliteStore {
         SqliteStore::open(path(namespace)).await.expect("open the SQLite file")
     }
@@ -59,17 +70,14 @@ async fn migrate_adds_the_digest_column_to_an_older_table() {
         .unwrap()
         .with_table("old_dedup")
         .unwrap();
-    sqlx::query(
+    let conn = rusqlite::Connection::open(path(&ns)).unwrap();
+    conn.execute_batch(
         "CREATE TABLE old_dedup (event_id TEXT PRIMARY KEY NOT NULL, token BLOB NOT NULL, \
-         done INTEGER NOT NULL, expires_at INTEGER NOT NULL) WITHOUT ROWID",
+         done INTEGER NOT NULL, expires_at INTEGER NOT NULL) WITHOUT ROWID; \
+         INSERT INTO old_dedup VALUES ('old', x'00000000000000000000000000000001', 1, 9999999999999);",
     )
-    .execute(store.pool())
-    .await
     .unwrap();
-    sqlx::query("INSERT INTO old_dedup VALUES ('old', x'00000000000000000000000000000001', 1, 9999999999999)")
-        .execute(store.pool())
-        .await
-        .unwrap();
+    drop(conn);
     store.migrate().await.unwrap();
     store.migrate().await.unwrap();
     let fresh = || Lease::generate(id("old"));
@@ -87,7 +95,7 @@ async fn migrate_adds_the_digest_column_to_an_older_table() {
             .unwrap(),
         Claim::Done { digest: Some(digest()) }
     );
-    store.pool().close().await;
+    store.close().await;
     Sqlite.cleanup(&ns).await;
 }
 
@@ -96,16 +104,12 @@ async fn url_wal_table_name_and_cleanup() {
     let ns = namespace();
     let url = format!("sqlite://{}", path(&ns).display());
     let store = SqliteStore::connect(&url).await.unwrap();
-    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
-        .fetch_one(store.pool())
-        .await
-        .unwrap();
+    assert_eq!(store.path(), Some(path(&ns).as_path()));
+    // The journal mode is a property of the file: another connection sees it.
+    let conn = rusqlite::Connection::open(path(&ns)).unwrap();
+    let mode: String = conn.query_row("PRAGMA journal_mode", [], |row| row.get(0)).unwrap();
     assert_eq!(mode, "wal");
-    let timeout: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
-        .fetch_one(store.pool())
-        .await
-        .unwrap();
-    assert_eq!(timeout, 5000);
+    drop(conn);
 
     assert_eq!(
         store.clone().with_table("x; DROP TABLE y").unwrap_err(),
@@ -144,6 +148,205 @@ async fn url_wal_table_name_and_cleanup() {
     assert_eq!(store.cleanup().await.unwrap(), 5);
     assert_eq!(store.cleanup().await.unwrap(), 0);
     assert!(store.complete(&kept, digest(), Duration::from_secs(60)).await.unwrap());
-    store.pool().close().await;
+    store.close().await;
+    Sqlite.cleanup(&ns).await;
+}
+
+#[tokio::test]
+async fn memory_url_and_bad_urls() {
+    let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+    assert_eq!(store.path(), None);
+    let lease = Lease::generate(id("m"));
+    assert_eq!(store.claim(&lease, Duration::from_secs(60)).await.unwrap(), Claim::New);
+    assert!(store.complete(&lease, digest(), Duration::from_secs(60)).await.unwrap());
+    for bad in ["postgres://x/y", "sqlite://", "sqlite://x.db?mode=ro"] {
+        assert!(SqliteStore::connect(bad).await.is_err(), "{bad}");
+    }
+    let dir = std::env::temp_dir().join(namespace());
+    std::fs::create_dir(&dir).unwrap();
+    assert!(SqliteStore::open(&dir).await.is_err(), "a directory is no database");
+    std::fs::remove_dir(&dir).unwrap();
+}
+
+/// Operations queued while the file is locked by another connection run as
+/// one group once it is free. A trigger makes the claim of `bad` fail: that
+/// claim alone gets the error, every other one of the group is stored and
+/// answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_failing_operation_does_not_fail_its_group() {
+    const IDS: usize = 150;
+    let ns = namespace();
+    let store = SqliteStore::open(path(&ns)).await.unwrap();
+    let blocker = rusqlite::Connection::open(path(&ns)).unwrap();
+    blocker
+        .execute_batch(&format!(
+            r#"CREATE TRIGGER refuse_bad BEFORE INSERT ON "{}" WHEN NEW.event_id = 'bad'
+               BEGIN SELECT RAISE(ABORT, 'refused by the test trigger'); END;
+               BEGIN IMMEDIATE;"#,
+            store.table()
+        ))
+        .unwrap();
+    // A completion that lands in the same group as the others.
+    let earlier = Lease::generate(id("earlier"));
+    let unlock = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        blocker.execute_batch("COMMIT").unwrap();
+    });
+    let leases: Vec<Lease> = (0..IDS)
+        .map(|n| {
+            Lease::generate(id(&if n == IDS / 2 {
+                "bad".to_owned()
+            } else {
+                format!("ok-{n}")
+            }))
+        })
+        .chain([earlier.clone()])
+        .collect();
+    let answers = join_all(leases.iter().map(|lease| store.claim(lease, Duration::from_secs(60)))).await;
+    unlock.join().unwrap();
+    for (lease, answer) in leases.iter().zip(answers) {
+        if lease.event_id().as_str() == "bad" {
+            let error = answer.unwrap_err().to_string();
+            assert!(error.contains("refused by the test trigger"), "{error}");
+        } else {
+            assert_eq!(answer.unwrap(), Claim::New, "{}", lease.event_id());
+        }
+    }
+    // Stored: another lease finds each one in flight.
+    for lease in &leases {
+        let again = store
+            .claim(&Lease::generate(lease.event_id().clone()), Duration::from_secs(60))
+            .await;
+        if lease.event_id().as_str() == "bad" {
+            assert!(again.is_err());
+        } else {
+            assert!(matches!(again.unwrap(), Claim::InFlight { .. }), "{}", lease.event_id());
+        }
+    }
+    assert!(
+        store
+            .complete(&earlier, digest(), Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    store.close().await;
+    Sqlite.cleanup(&ns).await;
+}
+
+/// After `close` (the writer thread has stopped) every operation of the
+/// store and its clones answers an error at once, and does not hang.
+#[tokio::test]
+async fn closed_store_answers_errors() {
+    let ns = namespace();
+    let store = SqliteStore::open(path(&ns)).await.unwrap();
+    let clone = store.clone().with_table("other_dedup").unwrap();
+    let lease = Lease::generate(id("after-close"));
+    assert_eq!(store.claim(&lease, Duration::from_secs(60)).await.unwrap(), Claim::New);
+    store.close().await;
+    let within = Duration::from_secs(5);
+    let started = Instant::now();
+    let claim = tokio::time::timeout(within, clone.claim(&lease, Duration::from_secs(60)))
+        .await
+        .expect("no hang");
+    let error = claim.unwrap_err().to_string();
+    assert!(error.contains("writer thread has stopped"), "{error}");
+    assert!(
+        tokio::time::timeout(within, store.complete(&lease, digest(), Duration::from_secs(60)))
+            .await
+            .unwrap()
+            .is_err()
+    );
+    assert!(
+        tokio::time::timeout(within, store.release(&lease))
+            .await
+            .unwrap()
+            .is_err()
+    );
+    assert!(tokio::time::timeout(within, store.cleanup()).await.unwrap().is_err());
+    assert!(tokio::time::timeout(within, store.migrate()).await.unwrap().is_err());
+    store.close().await;
+    assert!(started.elapsed() < within);
+    Sqlite.cleanup(&ns).await;
+}
+
+// ---------------------------------------------------------------------------
+// Two processes on one file.
+// ---------------------------------------------------------------------------
+
+const CHILD_ENV: &str = "KLIKIT_SQLITE_CHILD";
+const SHARED_IDS: usize = 400;
+
+/// Claims `shared-0..SHARED_IDS` with 16 at a time, completes what it won,
+/// prints `WON <id>` for each, and returns how many it won.
+async fn claim_all(store: &SqliteStore) -> Vec<String> {
+    use futures_util::{StreamExt, stream};
+    stream::iter(0..SHARED_IDS)
+        .map(|n| async move {
+            let lease = Lease::generate(id(&format!("shared-{n}")));
+            match store.claim(&lease, Duration::from_secs(60)).await.unwrap() {
+                Claim::New => {
+                    assert!(store.complete(&lease, digest(), Duration::from_secs(60)).await.unwrap());
+                    Some(lease.event_id().to_string())
+                }
+                Claim::InFlight { .. } | Claim::Done { .. } => None,
+            }
+        })
+        .buffer_unordered(16)
+        .filter_map(|won| async move { won })
+        .collect()
+        .await
+}
+
+/// The child process of [`two_processes_share_one_file`]: `KLIKIT_SQLITE_CHILD`
+/// names the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child process of two_processes_share_one_file"]
+async fn sqlite_child_entry() {
+    let Ok(file) = std::env::var(CHILD_ENV) else {
+        eprintln!("sqlite_child_entry: {CHILD_ENV} not set; nothing to do");
+        return;
+    };
+    let store = SqliteStore::open(&file).await.unwrap();
+    for won in claim_all(&store).await {
+        println!("WON {won}");
+    }
+    store.close().await;
+}
+
+/// This process and a child process (this test binary again) claim the
+/// same 400 ids on one file at the same time, each with its own writer
+/// thread and connection: every id is won exactly once, by one of them, and
+/// neither gets an error (the busy timeout queues their transactions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_one_file() {
+    let ns = namespace();
+    let file = path(&ns);
+    // Create the file and the table before both start.
+    let store = SqliteStore::open(&file).await.unwrap();
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "sqlite_child_entry", "--ignored", "--nocapture"])
+        .env(CHILD_ENV, &file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let ours = claim_all(&store).await;
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(output.status.success(), "the child failed");
+    let theirs: Vec<String> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|line| line.strip_prefix("WON ").map(str::to_owned))
+        .collect();
+    let mut all: Vec<&String> = ours.iter().chain(&theirs).collect();
+    all.sort();
+    let before = all.len();
+    all.dedup();
+    assert_eq!(before, all.len(), "no id won twice");
+    assert_eq!(all.len(), SHARED_IDS, "every id won once");
+    eprintln!("this process won {}, the child {}", ours.len(), theirs.len());
+    store.close().await;
     Sqlite.cleanup(&ns).await;
 }

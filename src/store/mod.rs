@@ -29,8 +29,8 @@
 //! The caller holds the token *before* the store sees the claim. A claim
 //! whose caller stopped waiting (the layer's store timeout, or a request
 //! dropped mid-claim) can still land in the backend afterwards: Redis runs a
-//! command already written to its connection, sqlx's SQLite worker runs a
-//! statement its caller no longer awaits. Were the token made inside the
+//! command already written to its connection, the SQLite store's writer thread
+//! runs an operation its caller no longer awaits. Were the token made inside the
 //! store, nobody would hold that claim, and every retry of the event would
 //! get 409 until its lease ran out. Because the layer knows the token, it
 //! releases that claim in the background instead (retrying until the release

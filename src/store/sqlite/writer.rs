@@ -1,0 +1,292 @@
+//! The writer thread of [`SqliteStore`](super::SqliteStore): one OS thread
+//! owning one connection, running queued dedup operations in group commits.
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, mpsc},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
+use tokio::sync::oneshot;
+
+use super::{Error, Statements};
+use crate::{
+    EventId,
+    store::{Claim, claim_answer},
+};
+
+/// The most dedup operations one transaction runs.
+pub(super) const MAX_BATCH: usize = 256;
+
+/// Milliseconds since the unix epoch by this process's clock.
+pub(super) fn now_millis() -> i64 {
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Work for the writer thread.
+pub(super) enum Message {
+    /// A claim, completion or release: grouped with the others queued.
+    Dedup(DedupOp),
+    /// Anything else (migrations, a cleanup batch): run on its own, between
+    /// groups.
+    Task(Task),
+    /// Stop after the work queued before it; reply once the connection is
+    /// closed.
+    Stop(oneshot::Sender<()>),
+}
+
+/// A closure run on the writer's connection, outside any group.
+pub(super) type Task = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// One claim, completion or release, with the channel for its answer.
+pub(super) struct DedupOp {
+    pub(super) sql: Arc<Statements>,
+    pub(super) event_id: EventId,
+    pub(super) token: [u8; 16],
+    pub(super) kind: Kind,
+}
+
+/// What a [`DedupOp`] does, and where its answer goes.
+pub(super) enum Kind {
+    Claim {
+        ttl_ms: i64,
+        reply: oneshot::Sender<Result<Claim, Error>>,
+    },
+    Complete {
+        retain_ms: i64,
+        digest: [u8; 32],
+        reply: oneshot::Sender<Result<bool, Error>>,
+    },
+    Release {
+        reply: oneshot::Sender<Result<bool, Error>>,
+    },
+}
+
+/// The answer of one [`DedupOp`] before it is sent.
+enum Answer {
+    Claim(Claim),
+    Changed(bool),
+}
+
+impl DedupOp {
+    /// Runs the operation's one statement on `conn` (inside the group's
+    /// transaction, or alone).
+    fn execute(&self, conn: &Connection) -> rusqlite::Result<Answer> {
+        let event_id = self.event_id.as_str();
+        let token = &self.token[..];
+        match &self.kind {
+            Kind::Claim { ttl_ms, .. } => {
+                let now = now_millis();
+                let mut statement = conn.prepare_cached(&self.sql.claim)?;
+                let claim = statement.query_row(params![event_id, token, now, ttl_ms], |row| {
+                    let digest = row.get_ref(3)?.as_blob_or_null()?;
+                    Ok(claim_answer(row.get(0)?, row.get(1)?, row.get(2)?, digest))
+                })?;
+                Ok(Answer::Claim(claim))
+            }
+            Kind::Complete { retain_ms, digest, .. } => {
+                let now = now_millis();
+                let mut statement = conn.prepare_cached(&self.sql.complete)?;
+                let changed = statement.execute(params![event_id, token, now, retain_ms, &digest[..]])?;
+                Ok(Answer::Changed(changed == 1))
+            }
+            Kind::Release { .. } => {
+                let mut statement = conn.prepare_cached(&self.sql.release)?;
+                let changed = statement.execute(params![event_id, token])?;
+                Ok(Answer::Changed(changed == 1))
+            }
+        }
+    }
+
+    /// Sends `answer` to the caller (who may have stopped waiting).
+    fn reply(self, answer: Result<Answer, Error>) {
+        match self.kind {
+            Kind::Claim { reply, .. } => {
+                let _ = reply.send(answer.and_then(|answer| match answer {
+                    Answer::Claim(claim) => Ok(claim),
+                    Answer::Changed(_) => Err(Error::WrongAnswer),
+                }));
+            }
+            Kind::Complete { reply, .. } | Kind::Release { reply } => {
+                let _ = reply.send(answer.and_then(|answer| match answer {
+                    Answer::Changed(changed) => Ok(changed),
+                    Answer::Claim(_) => Err(Error::WrongAnswer),
+                }));
+            }
+        }
+    }
+}
+
+/// Where the writer's connection goes.
+#[derive(Debug, Clone)]
+pub(super) enum Location {
+    File(PathBuf),
+    Memory,
+}
+
+/// Opens the connection with the store's settings.
+pub(super) fn open_connection(location: &Location, busy_timeout: Duration) -> rusqlite::Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = match location {
+        Location::File(path) => Connection::open_with_flags(path, flags)?,
+        Location::Memory => Connection::open_in_memory_with_flags(flags)?,
+    };
+    // First, so that the statements below wait for other processes too.
+    conn.busy_timeout(busy_timeout)?;
+    // Returns the mode: "wal", or "memory" for an in-memory database.
+    let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    if BACKGROUND_CHECKPOINTS && matches!(location, Location::File(_)) {
+        conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)?;
+    }
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+/// Whether a thread of its own checkpoints the WAL (see the store's docs).
+pub(super) const BACKGROUND_CHECKPOINTS: bool = true;
+
+/// How often the checkpoint thread copies the WAL back into the database.
+pub(super) const CHECKPOINT_PERIOD: Duration = Duration::from_millis(100);
+
+/// The WAL size, in pages, at which the writer checkpoints itself after a
+/// commit: only when the checkpoint thread never catches up completely
+/// (each of its checkpoints overtaken by a commit), so that the WAL can
+/// restart from its beginning.
+pub(super) const WRITER_CHECKPOINT_PAGES: u32 = 8192;
+
+/// Opens the checkpoint thread's connection: no group commit runs on it.
+pub(super) fn open_checkpointer(location: &Location, busy_timeout: Duration) -> rusqlite::Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = match location {
+        Location::File(path) => Connection::open_with_flags(path, flags)?,
+        Location::Memory => Connection::open_in_memory_with_flags(flags)?,
+    };
+    conn.busy_timeout(busy_timeout)?;
+    Ok(conn)
+}
+
+/// The checkpoint thread: a `PASSIVE` checkpoint every
+/// [`CHECKPOINT_PERIOD`] (it copies committed pages from the WAL into the
+/// database file and syncs both, without blocking the writer), until the
+/// writer thread ends.
+pub(super) fn checkpoint(conn: Connection, writer_alive: mpsc::Receiver<()>) {
+    loop {
+        match writer_alive.recv_timeout(CHECKPOINT_PERIOD) {
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::debug!(%error, "SQLite dedup store: background checkpoint failed");
+                }
+            }
+        }
+    }
+}
+
+/// The writer thread's loop: block for the first message, drain what else
+/// is queued (at most [`MAX_BATCH`] dedup operations), run the dedup
+/// operations in one transaction, answer them after the commit; run tasks
+/// alone, in queue order. Returns when every sender is gone or on
+/// [`Message::Stop`].
+pub(super) fn run(mut conn: Connection, receiver: mpsc::Receiver<Message>) {
+    let mut group: Vec<DedupOp> = Vec::with_capacity(MAX_BATCH);
+    // A message drained while collecting a group that must wait for it.
+    let mut held: Option<Message> = None;
+    loop {
+        let message = match held.take() {
+            Some(message) => message,
+            None => match receiver.recv() {
+                Ok(message) => message,
+                Err(mpsc::RecvError) => return,
+            },
+        };
+        match message {
+            Message::Dedup(op) => {
+                group.push(op);
+                while group.len() < MAX_BATCH {
+                    match receiver.try_recv() {
+                        Ok(Message::Dedup(op)) => group.push(op),
+                        Ok(other) => {
+                            held = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                run_group(&mut conn, &mut group);
+            }
+            Message::Task(task) => task(&mut conn),
+            Message::Stop(done) => {
+                drop(conn);
+                let _ = done.send(());
+                return;
+            }
+        }
+    }
+}
+
+/// Runs `group` in one `BEGIN IMMEDIATE ... COMMIT` and answers each
+/// operation after the commit. If a statement fails, rolls back and runs
+/// each operation in a transaction of its own, so that only the failing one
+/// gets the error. If the transaction cannot begin or commit, every
+/// operation gets that error. Leaves `group` empty.
+fn run_group(conn: &mut Connection, group: &mut Vec<DedupOp>) {
+    if group.len() == 1 {
+        // Alone: its own statement is its transaction (autocommit).
+        for op in group.drain(..) {
+            let answer = op.execute(conn).map_err(Error::Sqlite);
+            op.reply(answer);
+        }
+        return;
+    }
+    match run_together(conn, group) {
+        Ok(answers) => {
+            for (op, answer) in group.drain(..).zip(answers) {
+                op.reply(Ok(answer));
+            }
+        }
+        Err(Failure::Statement) => {
+            if !conn.is_autocommit() {
+                // The rollback on dropping the transaction failed: end it
+                // before running the operations alone.
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            for op in group.drain(..) {
+                let answer = op.execute(conn).map_err(Error::Sqlite);
+                op.reply(answer);
+            }
+        }
+        Err(Failure::Transaction(error)) => {
+            let error = Arc::new(error);
+            for op in group.drain(..) {
+                op.reply(Err(Error::Group(Arc::clone(&error))));
+            }
+        }
+    }
+}
+
+/// Why [`run_together`] failed.
+enum Failure {
+    /// A statement failed; the transaction was rolled back.
+    Statement,
+    /// `BEGIN` or `COMMIT` failed; nothing is committed.
+    Transaction(rusqlite::Error),
+}
+
+fn run_together(conn: &mut Connection, group: &[DedupOp]) -> Result<Vec<Answer>, Failure> {
+    let transaction = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(Failure::Transaction)?;
+    let mut answers = Vec::with_capacity(group.len());
+    for op in group {
+        match op.execute(&transaction) {
+            Ok(answer) => answers.push(answer),
+            // Dropping the transaction rolls it back.
+            Err(_) => return Err(Failure::Statement),
+        }
+    }
+    transaction.commit().map_err(Failure::Transaction)?;
+    Ok(answers)
+}

@@ -356,6 +356,9 @@ impl Lane {
 }
 
 /// The connection one hot-path statement runs on.
+// One lives on the stack per statement; boxing the pooled object would cost
+// an allocation per statement.
+#[allow(clippy::large_enum_variant)]
 enum Conn {
     /// A shared, pipelined connection (lane `index`).
     Lane(usize, Arc<LaneClient>),
@@ -444,13 +447,12 @@ impl PostgresStore {
     /// # }
     /// ```
     pub fn new(pool: Pool) -> Self {
-        let pipelines = Self::DEFAULT_PIPELINES.min(pool.status().max_size / 2);
         Self {
             pool,
             schema: None,
             table: Arc::from(Self::DEFAULT_TABLE),
             sql: Arc::new(Statements::new(None, Self::DEFAULT_TABLE)),
-            pipelines: Arc::new(Pipelines::new(pipelines)),
+            pipelines: Arc::new(Pipelines::new(Self::DEFAULT_PIPELINES)),
         }
     }
 

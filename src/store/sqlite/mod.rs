@@ -69,17 +69,17 @@ use crate::ConfigError;
 ///
 /// Measured (the reference receiver pinned to one core, `examples/load.rs`
 /// on the other, 32 connections, unique ids, 4 s per configuration, memory
-/// and SQLite in the same run, seven runs) on a shared 2-core machine whose
-/// load average was about 7 while other builds ran: the receiver spent
-/// 50–73 µs of CPU per delivery with this store against 27–43 µs with
+/// and SQLite in the same run, eleven runs) on a shared 2-core machine whose
+/// load average was 5 to 8 while other builds ran: the receiver spent
+/// 51–73 µs of CPU per delivery with this store against 28–43 µs with
 /// `MemoryStore` in the same runs (1.4–2.3 times, median 1.7). Requests per
 /// second and p99 of those runs mostly measure the other load (SQLite's
 /// receiver, having more threads, got a larger share of its core, and
-/// answered 7.8k–12k requests/s at a p99 of 10.6–17.1 ms against 4.7k–9.1k
-/// and 13.9–38.8 ms for memory); with the writer's default checkpoints
-/// instead, SQLite's p99 was above memory's in three runs of four (15.9–25.9
-/// ms against 12.1–22.8 ms). `benches/run.sh` on a quiet machine gives the
-/// figures to rely on.
+/// answered 7.8k–12.3k requests/s at a p99 of 10.0–17.1 ms against
+/// 4.7k–10.4k and 12.1–38.8 ms for memory); with the writer's default
+/// checkpoints instead, SQLite's p99 was above memory's in three runs of
+/// four (15.9–25.9 ms against 12.1–22.8 ms). `benches/run.sh` on a quiet
+/// machine gives the figures to rely on.
 ///
 /// # Durability
 ///

@@ -65,7 +65,11 @@ use crate::ConfigError;
 /// WAL of 8192 pages (when the background checkpoints never catch up fully,
 /// so that the WAL can start over). With SQLite's default, the writer
 /// checkpoints every 1000 pages itself, and the deliveries queued behind it
-/// wait for the checkpoint's syncs.
+/// wait for the checkpoint's syncs. Under sustained load the background
+/// checkpoints are usually overtaken by a commit, so the `-wal` file grows
+/// to that threshold, about 34 MB with 4 KiB pages, and is then reused from
+/// its start (measured: 249k deliveries in 20 s, the file stayed at
+/// 33.9–34.9 MB).
 ///
 /// Measured (the reference receiver pinned to one core, `examples/load.rs`
 /// on the other, 32 connections, unique ids, 4 s per configuration, memory

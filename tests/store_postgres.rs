@@ -229,19 +229,17 @@ async fn connect_reports_a_bad_url_and_a_dead_server() {
     assert!(!message.contains("hunter2"), "the password leaked: {message}");
 }
 
-/// A hot-path connection that the server terminates is replaced, with
-/// pooled connections and with pipelines: the calls that saw it break get a
-/// `StoreError`, a later one succeeds.
+/// A hot-path connection that the server terminates is replaced: the calls
+/// that saw it break get a `StoreError`, a later one succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminated_connection_is_replaced() {
     let Some(factory) = factory().await else { return };
     let admin = factory.pool().await;
-    for pipelines in [0, 2] {
+    for round in 0..2 {
         let name = namespace();
         let separator = if factory.url.contains('?') { '&' } else { '?' };
         let url = format!("{}{separator}application_name={name}", factory.url);
         let store = PostgresStore::new(common::postgres_pool(&url, 4))
-            .with_pipelines(pipelines)
             .with_table(&name)
             .unwrap();
         store.migrate().await.unwrap();
@@ -271,8 +269,8 @@ async fn a_terminated_connection_is_replaced() {
                 }
             }
         }
-        assert!(done, "pipelines {pipelines}: never reconnected ({errors} errors)");
-        assert!(errors <= 4, "pipelines {pipelines}: {errors} errors");
+        assert!(done, "round {round}: never reconnected ({errors} errors)");
+        assert!(errors <= 4, "round {round}: {errors} errors");
         common::postgres_execute(&admin, &format!(r#"DROP TABLE "{name}""#)).await;
     }
 }

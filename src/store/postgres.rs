@@ -1,21 +1,17 @@
 //! A [`DedupStore`] in Postgres.
 
-use std::{
-    fmt,
-    sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
-};
+use std::{fmt, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::{Client, GenericClient, NoTls, Statement, error::SqlState, types::Type};
+use tokio_postgres::{GenericClient, NoTls, types::Type};
 
+mod batch;
+
+use self::batch::{Batcher, Request};
 use super::{
-    BodyDigest, Claim, DedupStore, Lease, LeaseToken, Result, StoreError, claim_answer, sql::validate_identifier,
-    token_bytes, ttl_millis,
+    BodyDigest, Claim, DedupStore, Lease, LeaseToken, Result, StoreError, sql::validate_identifier, token_bytes,
+    ttl_millis,
 };
 use crate::{ConfigError, EventId};
 
@@ -190,7 +186,7 @@ pub struct PostgresStore {
     schema: Option<Arc<str>>,
     table: Arc<str>,
     sql: Arc<Statements>,
-    pipelines: Arc<Pipelines>,
+    batcher: Arc<Batcher>,
 }
 
 struct Statements {
@@ -206,13 +202,6 @@ struct Statements {
     attach_digest: Arc<str>,
 }
 
-/// The parameter types of the hot-path statements, prepared with them so
-/// every parameter goes over the wire in binary (the token 16 bytes, the
-/// digest 32) and Postgres never has to infer a type.
-const CLAIM_TYPES: &[Type] = &[Type::TEXT, Type::BYTEA, Type::INT8];
-const COMPLETE_TYPES: &[Type] = &[Type::TEXT, Type::BYTEA, Type::INT8, Type::BYTEA];
-const RELEASE_TYPES: &[Type] = &[Type::TEXT, Type::BYTEA];
-
 impl Statements {
     fn new(schema: Option<&str>, table: &str) -> Self {
         let qualified = match schema {
@@ -224,22 +213,32 @@ impl Statements {
         Self {
             claim: format!(
                 "INSERT INTO {t} AS cur (event_id, token, done, expires_at) \
-                 VALUES ($1, $2, false, now() + $3::bigint * interval '1 millisecond') \
+                 SELECT v.event_id, v.token, false, now() + v.ttl * interval '1 millisecond' \
+                 FROM unnest($1::text[], $2::bytea[], $3::bigint[]) AS v(event_id, token, ttl) \
+                 ORDER BY v.event_id COLLATE \"C\" \
                  ON CONFLICT (event_id) DO UPDATE SET \
                  token = CASE WHEN {expired} THEN excluded.token ELSE cur.token END, \
                  done = CASE WHEN {expired} THEN false ELSE cur.done END, \
                  expires_at = CASE WHEN {expired} THEN excluded.expires_at ELSE cur.expires_at END, \
                  digest = CASE WHEN {expired} THEN NULL ELSE cur.digest END \
-                 RETURNING cur.token = $2, cur.done, \
+                 RETURNING cur.event_id, cur.token, cur.done, \
                  ceil(extract(epoch FROM cur.expires_at - now()) * 1000)::bigint, cur.digest"
             )
             .into(),
             complete: format!(
-                "UPDATE {t} SET done = true, expires_at = now() + $3::bigint * interval '1 millisecond', \
-                 digest = $4 WHERE event_id = $1 AND token = $2 AND NOT done"
+                "UPDATE {t} AS cur SET done = true, expires_at = now() + v.ttl * interval '1 millisecond', \
+                 digest = v.digest \
+                 FROM unnest($1::text[], $2::bytea[], $3::bigint[], $4::bytea[]) AS v(event_id, token, ttl, digest) \
+                 WHERE cur.event_id = v.event_id AND cur.token = v.token AND NOT cur.done \
+                 RETURNING cur.event_id"
             )
             .into(),
-            release: format!("DELETE FROM {t} WHERE event_id = $1 AND token = $2 AND NOT done").into(),
+            release: format!(
+                "DELETE FROM {t} AS cur USING unnest($1::text[], $2::bytea[]) AS v(event_id, token) \
+                 WHERE cur.event_id = v.event_id AND cur.token = v.token AND NOT cur.done \
+                 RETURNING cur.event_id"
+            )
+            .into(),
             cleanup: format!(
                 "DELETE FROM {t} WHERE event_id IN \
                  (SELECT event_id FROM {t} WHERE expires_at <= now() LIMIT $1 FOR UPDATE SKIP LOCKED) \
@@ -273,115 +272,6 @@ impl Statements {
     }
 }
 
-/// The hot-path operations, each one prepared statement.
-#[derive(Clone, Copy)]
-enum Op {
-    Claim,
-    Complete,
-    Release,
-}
-
-impl Op {
-    fn sql(self, sql: &Statements) -> &str {
-        match self {
-            Self::Claim => &sql.claim,
-            Self::Complete => &sql.complete,
-            Self::Release => &sql.release,
-        }
-    }
-
-    fn types(self) -> &'static [Type] {
-        match self {
-            Self::Claim => CLAIM_TYPES,
-            Self::Complete => COMPLETE_TYPES,
-            Self::Release => RELEASE_TYPES,
-        }
-    }
-}
-
-/// The long-lived connections that `claim`, `complete` and `release` share
-/// (see "Connections" in the [type docs](PostgresStore)).
-struct Pipelines {
-    next: AtomicUsize,
-    lanes: Box<[Lane]>,
-}
-
-/// One shared connection: the current one (`None` before the first use and
-/// after it broke), and a lock that lets one caller at a time replace it.
-struct Lane {
-    current: Mutex<Option<Arc<LaneClient>>>,
-    connecting: tokio::sync::Mutex<()>,
-}
-
-/// A connection checked out of the pool for good, with the hot-path
-/// statements prepared on it.
-struct LaneClient {
-    client: deadpool_postgres::Object,
-    claim: Statement,
-    complete: Statement,
-    release: Statement,
-}
-
-impl LaneClient {
-    fn statement(&self, op: Op) -> &Statement {
-        match op {
-            Op::Claim => &self.claim,
-            Op::Complete => &self.complete,
-            Op::Release => &self.release,
-        }
-    }
-}
-
-impl Pipelines {
-    fn new(count: usize) -> Self {
-        Self {
-            next: AtomicUsize::new(0),
-            lanes: (0..count)
-                .map(|_| Lane {
-                    current: Mutex::new(None),
-                    connecting: tokio::sync::Mutex::new(()),
-                })
-                .collect(),
-        }
-    }
-}
-
-impl Lane {
-    fn live(&self) -> Option<Arc<LaneClient>> {
-        let current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        current.as_ref().filter(|lane| !lane.client.is_closed()).cloned()
-    }
-
-    /// Forgets `broken` if it is still the lane's connection; dropping the
-    /// last reference returns it to the pool, which discards it.
-    fn evict(&self, broken: &Arc<LaneClient>) {
-        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        if current.as_ref().is_some_and(|lane| Arc::ptr_eq(lane, broken)) {
-            *current = None;
-        }
-    }
-}
-
-/// The connection one hot-path statement runs on.
-// One lives on the stack per statement; boxing the pooled object would cost
-// an allocation per statement.
-#[allow(clippy::large_enum_variant)]
-enum Conn {
-    /// A shared, pipelined connection (lane `index`).
-    Lane(usize, Arc<LaneClient>),
-    /// A connection of the pool, for this statement only (no lanes).
-    Pooled(deadpool_postgres::Object),
-}
-
-impl Conn {
-    fn client(&self) -> &Client {
-        match self {
-            Self::Lane(_, lane) => &lane.client,
-            Self::Pooled(client) => client,
-        }
-    }
-}
-
 /// Why [`PostgresStore::connect`] failed (the source of the
 /// [`StoreError::Backend`] it returns).
 #[derive(Debug, thiserror::Error)]
@@ -409,11 +299,6 @@ impl PostgresStore {
     /// where many instances share one server, keep their sum under its
     /// `max_connections` (build the pool yourself and use [`new`](Self::new)).
     pub const DEFAULT_POOL_SIZE: usize = 32;
-    /// How many long-lived pipelined connections [`new`](Self::new) gives
-    /// the hot path: none, each statement takes a connection of the pool
-    /// (see "Connections" in the [type docs](Self) for why, and
-    /// [`with_pipelines`](Self::with_pipelines)).
-    pub const DEFAULT_PIPELINES: usize = 0;
     /// How long [`connect`](Self::connect)'s pool waits for a free
     /// connection, for a new connection, and for a recycled one's check.
     pub const POOL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -454,12 +339,13 @@ impl PostgresStore {
     /// # }
     /// ```
     pub fn new(pool: Pool) -> Self {
+        let in_flight = Self::default_in_flight(&pool);
         Self {
             pool,
             schema: None,
             table: Arc::from(Self::DEFAULT_TABLE),
             sql: Arc::new(Statements::new(None, Self::DEFAULT_TABLE)),
-            pipelines: Arc::new(Pipelines::new(Self::DEFAULT_PIPELINES)),
+            batcher: Arc::new(Batcher::new(in_flight)),
         }
     }
 
@@ -503,29 +389,6 @@ impl PostgresStore {
         Ok(Self::new(pool))
     }
 
-    /// Shares `count` long-lived connections of the pool (checked out on
-    /// first use, taken in turn) between concurrent `claim`, `complete` and
-    /// `release` calls, which tokio-postgres pipelines on them, instead of
-    /// taking a connection per statement; `0` (the default) takes one per
-    /// statement. Capped at half the pool's `max_size`, so the pool keeps
-    /// connections for everything else. Worth it only where commits do not
-    /// wait for a disk: see "Connections" in the [type docs](Self).
-    ///
-    /// ```no_run
-    /// # async fn run() -> klikit_webhook::store::Result<()> {
-    /// use klikit_webhook::store::PostgresStore;
-    ///
-    /// let store = PostgresStore::connect("postgres://postgres@127.0.0.1:5432/app").await?.with_pipelines(4);
-    /// # Ok(())
-    /// # }
-    /// ```
-    #[must_use]
-    pub fn with_pipelines(mut self, count: usize) -> Self {
-        let max_size = self.pool.status().max_size;
-        self.pipelines = Arc::new(Pipelines::new(count.min(max_size / 2)));
-        self
-    }
-
     /// Uses the table `table` instead of [`DEFAULT_TABLE`](Self::DEFAULT_TABLE).
     ///
     /// The name is quoted, so it is case-sensitive. Names up to 48 bytes keep
@@ -539,7 +402,7 @@ impl PostgresStore {
         validate_identifier(table)?;
         self.table = Arc::from(table);
         self.sql = Arc::new(Statements::new(self.schema.as_deref(), table));
-        self.pipelines = Arc::new(Pipelines::new(self.pipelines.lanes.len()));
+        self.batcher = Arc::new(Batcher::new(self.batcher.in_flight()));
         Ok(self)
     }
 
@@ -554,8 +417,21 @@ impl PostgresStore {
         validate_identifier(schema)?;
         self.schema = Some(Arc::from(schema));
         self.sql = Arc::new(Statements::new(Some(schema), &self.table));
-        self.pipelines = Arc::new(Pipelines::new(self.pipelines.lanes.len()));
+        self.batcher = Arc::new(Batcher::new(self.batcher.in_flight()));
         Ok(self)
+    }
+
+    /// How many batch statements [`new`](Self::new) lets run at once: half
+    /// the pool's `max_size`, at least one.
+    fn default_in_flight(pool: &Pool) -> usize {
+        (pool.status().max_size / 2).max(1)
+    }
+
+    /// How many batch statements this store has sent to Postgres (each
+    /// carries one or more operations): for tests.
+    #[doc(hidden)]
+    pub fn batch_statements(&self) -> u64 {
+        self.batcher.statements()
     }
 
     /// The table name.
@@ -656,85 +532,6 @@ impl PostgresStore {
             store.cleanup().await
         })
     }
-
-    /// The connection for the next hot-path statement: the next lane's,
-    /// (re)connected if it has none or it broke, or one of the pool's when
-    /// there are no lanes.
-    async fn conn(&self) -> Result<Conn> {
-        let lanes = &self.pipelines.lanes;
-        if lanes.is_empty() {
-            return self.pooled().await.map(Conn::Pooled);
-        }
-        let index = self.pipelines.next.fetch_add(1, Ordering::Relaxed) % lanes.len();
-        let lane = &lanes[index];
-        if let Some(live) = lane.live() {
-            return Ok(Conn::Lane(index, live));
-        }
-        // One caller reconnects; the others wait for its connection.
-        let _connecting = lane.connecting.lock().await;
-        if let Some(live) = lane.live() {
-            return Ok(Conn::Lane(index, live));
-        }
-        let client = self.pooled().await?;
-        let (claim, complete, release) = futures_util::future::try_join3(
-            client.prepare_typed(&self.sql.claim, CLAIM_TYPES),
-            client.prepare_typed(&self.sql.complete, COMPLETE_TYPES),
-            client.prepare_typed(&self.sql.release, RELEASE_TYPES),
-        )
-        .await
-        .map_err(StoreError::backend)?;
-        let live = Arc::new(LaneClient {
-            client,
-            claim,
-            complete,
-            release,
-        });
-        *lane.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&live));
-        Ok(Conn::Lane(index, live))
-    }
-
-    /// `op`'s prepared statement on `conn`.
-    async fn statement(&self, conn: &Conn, op: Op) -> Result<Statement, tokio_postgres::Error> {
-        match conn {
-            Conn::Lane(_, lane) => Ok(lane.statement(op).clone()),
-            Conn::Pooled(client) => client.prepare_typed_cached(op.sql(&self.sql), op.types()).await,
-        }
-    }
-
-    /// Turns a hot-path statement's error into a [`StoreError`], first
-    /// dropping the lane's connection if it broke or its prepared statements
-    /// went stale (the table was dropped or altered), so the next statement
-    /// reconnects.
-    fn failed(&self, conn: &Conn, error: tokio_postgres::Error) -> StoreError {
-        if let Conn::Lane(index, lane) = conn {
-            let stale = error.code().is_some_and(|code| {
-                [
-                    &SqlState::FEATURE_NOT_SUPPORTED,
-                    &SqlState::INVALID_SQL_STATEMENT_NAME,
-                    &SqlState::UNDEFINED_TABLE,
-                    &SqlState::UNDEFINED_COLUMN,
-                ]
-                .contains(&code)
-            });
-            if stale || lane.client.is_closed() || error.is_closed() {
-                self.pipelines.lanes[*index].evict(lane);
-            }
-        }
-        StoreError::backend(error)
-    }
-
-    /// Runs the `UPDATE`/`DELETE` of `op` and returns whether it changed a row.
-    async fn execute(&self, op: Op, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Result<bool> {
-        let conn = self.conn().await?;
-        let result = match self.statement(&conn, op).await {
-            Ok(statement) => conn.client().execute(&statement, params).await,
-            Err(error) => Err(error),
-        };
-        match result {
-            Ok(rows) => Ok(rows == 1),
-            Err(error) => Err(self.failed(&conn, error)),
-        }
-    }
 }
 
 impl PostgresStore {
@@ -821,7 +618,7 @@ impl PostgresStore {
     pub async fn is_completed(&self, lease: &Lease) -> Result<bool> {
         let client = self.pooled().await?;
         let statement = client
-            .prepare_typed_cached(&self.sql.is_done, RELEASE_TYPES)
+            .prepare_typed_cached(&self.sql.is_done, &[Type::TEXT, Type::BYTEA])
             .await
             .map_err(StoreError::backend)?;
         client
@@ -875,7 +672,7 @@ impl fmt::Debug for PostgresStore {
         f.debug_struct("PostgresStore")
             .field("schema", &self.schema)
             .field("table", &self.table)
-            .field("pipelines", &self.pipelines.lanes.len())
+            .field("statements_in_flight", &self.batcher.in_flight())
             .finish_non_exhaustive()
     }
 }
@@ -883,42 +680,20 @@ impl fmt::Debug for PostgresStore {
 #[async_trait]
 impl DedupStore for PostgresStore {
     async fn claim(&self, lease: &Lease, ttl: Duration) -> Result<Claim> {
-        let conn = self.conn().await?;
-        let token = token_bytes(lease.token());
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
-            [&lease.event_id().as_str(), &&token[..], &ttl_millis(ttl)];
-        let row = match self.statement(&conn, Op::Claim).await {
-            Ok(statement) => conn.client().query_one(&statement, &params).await,
-            Err(error) => Err(error),
-        };
-        let answer = row.and_then(|row| {
-            Ok(claim_answer(
-                row.try_get(0)?,
-                row.try_get(1)?,
-                row.try_get(2)?,
-                row.try_get::<_, Option<&[u8]>>(3)?,
-            ))
-        });
-        answer.map_err(|error| self.failed(&conn, error))
+        let (request, answer) = Request::claim(lease, ttl_millis(ttl));
+        self.batcher.send(&self.pool, &self.sql, request)?;
+        answer.await.map_err(|_| batch::stopped())?
     }
 
     async fn complete(&self, lease: &Lease, digest: BodyDigest, retain: Duration) -> Result<bool> {
-        let token = token_bytes(lease.token());
-        self.execute(
-            Op::Complete,
-            &[
-                &lease.event_id().as_str(),
-                &&token[..],
-                &ttl_millis(retain),
-                &&digest.as_bytes()[..],
-            ],
-        )
-        .await
+        let (request, answer) = Request::complete(lease, digest, ttl_millis(retain));
+        self.batcher.send(&self.pool, &self.sql, request)?;
+        answer.await.map_err(|_| batch::stopped())?
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool> {
-        let token = token_bytes(lease.token());
-        self.execute(Op::Release, &[&lease.event_id().as_str(), &&token[..]])
-            .await
+        let (request, answer) = Request::release(lease);
+        self.batcher.send(&self.pool, &self.sql, request)?;
+        answer.await.map_err(|_| batch::stopped())?
     }
 }

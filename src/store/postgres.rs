@@ -49,40 +49,65 @@ use crate::{ConfigError, EventId};
 ///
 /// # Operations
 ///
-/// Each operation is **one statement, one round trip**, atomic under
-/// Postgres' default `READ COMMITTED` isolation:
+/// `claim`, `complete` and `release` are **group-committed**: the
+/// operations of one kind that are waiting at the same moment go to
+/// Postgres as **one statement** (one round trip, one transaction, one WAL
+/// flush), their parameters in arrays. Each operation keeps the semantics
+/// of a statement of its own, row by row, under Postgres' default
+/// `READ COMMITTED` isolation:
 ///
-/// - `claim` inserts the claim, and on a conflict updates the existing row
-///   **to itself unless it has expired**, returning the row as it is after
+/// - `claim` inserts the claims, and on a conflict updates the existing row
+///   **to itself unless it has expired**, returning each row as it is after
 ///   the statement:
 ///
 ///   ```sql
 ///   INSERT INTO t AS cur (event_id, token, done, expires_at)
-///   VALUES ($1, $2, false, now() + $3 * interval '1 millisecond')
+///   SELECT v.event_id, v.token, false, now() + v.ttl * interval '1 millisecond'
+///   FROM unnest($1::text[], $2::bytea[], $3::bigint[]) AS v(event_id, token, ttl)
+///   ORDER BY v.event_id COLLATE "C"
 ///   ON CONFLICT (event_id) DO UPDATE SET
 ///       token      = CASE WHEN cur.expires_at <= now() THEN excluded.token      ELSE cur.token      END,
 ///       done       = CASE WHEN cur.expires_at <= now() THEN false               ELSE cur.done       END,
 ///       expires_at = CASE WHEN cur.expires_at <= now() THEN excluded.expires_at ELSE cur.expires_at END,
 ///       digest     = CASE WHEN cur.expires_at <= now() THEN NULL                ELSE cur.digest     END
-///   RETURNING token = $2, done, ceil(extract(epoch FROM expires_at - now()) * 1000)::bigint, digest
+///   RETURNING cur.event_id, cur.token, cur.done,
+///             ceil(extract(epoch FROM cur.expires_at - now()) * 1000)::bigint, cur.digest
 ///   ```
 ///
-///   A completed row answers [`Claim::Done`] with its digest. Otherwise the
-///   returned token is ours exactly when our lease holds the claim (we won
-///   it, or it was already ours), and [`Claim::InFlight`] with the time left
-///   when it is not.
+///   The store matches each returned row to its operation by event id. A
+///   completed row answers [`Claim::Done`] with its digest. Otherwise the
+///   returned token is the operation's exactly when its lease holds the
+///   claim (it won it, or it was already its own), and [`Claim::InFlight`]
+///   with the time left when it is not.
 ///   The more obvious `DO UPDATE ... WHERE <expired>` returns no row when the
 ///   existing claim is alive, and reading that row in the same statement
 ///   (a CTE with `UNION ALL SELECT`) sees the statement's snapshot, which
 ///   misses a row a concurrent claim committed meanwhile. The row lock taken
-///   by `ON CONFLICT DO UPDATE` instead serialises concurrent claims, and
-///   `RETURNING` always sees the latest row. The price is one (HOT) row
-///   version per duplicate delivery, which `VACUUM` reclaims.
-/// - `complete`: `UPDATE ... SET done = true, expires_at = now() + <retain>,
-///   digest = $4 WHERE event_id = $1 AND token = $2 AND NOT done`.
-/// - `release`: `DELETE ... WHERE event_id = $1 AND token = $2 AND NOT done`.
+///   by `ON CONFLICT DO UPDATE` instead serialises concurrent claims of an
+///   id, row by row also inside a batch, and `RETURNING` always sees the
+///   latest row. The price is one (HOT) row version per duplicate delivery,
+///   which `VACUUM` reclaims.
+/// - `complete`: `UPDATE t AS cur SET done = true, expires_at = now() +
+///   v.ttl * interval '1 millisecond', digest = v.digest FROM
+///   unnest($1::text[], $2::bytea[], $3::bigint[], $4::bytea[]) AS v(event_id,
+///   token, ttl, digest) WHERE cur.event_id = v.event_id AND cur.token =
+///   v.token AND NOT cur.done RETURNING cur.event_id`: `true` for the
+///   returned ids, `false` for the others (a stale lease fails alone).
+/// - `release`: `DELETE FROM t AS cur USING unnest($1::text[], $2::bytea[])
+///   AS v(event_id, token) WHERE cur.event_id = v.event_id AND cur.token =
+///   v.token AND NOT cur.done RETURNING cur.event_id`, likewise.
 ///
-/// The event id is always a bind parameter. The table and schema names are
+/// An event id appears at most once per statement (Postgres cannot change a
+/// row twice in one statement): a second operation on the same id waits for
+/// a later batch. A batch's claims insert and lock their rows in event id
+/// order (`ORDER BY ... COLLATE "C"`, the primary key's order), so batches
+/// from several instances take their row locks in the same order. Updates
+/// and deletes have no such guarantee (the join decides), and a claim
+/// batch can meet a completion batch on the same rows, so a batch that
+/// Postgres chooses as a deadlock victim (or that fails with a
+/// serialization failure) is retried once, then fails.
+///
+/// The event ids are always bind parameters. The table and schema names are
 /// spliced into the statements, so they are checked to be plain identifiers
 /// and quoted.
 ///
@@ -94,65 +119,75 @@ use crate::{ConfigError, EventId};
 /// for TLS, build the pool with a TLS connector and pass it to
 /// [`new`](Self::new)).
 ///
-/// `claim`, `complete` and `release`, two of them per delivery, each take a
-/// connection of the pool for their one statement, prepared once per
-/// connection (deadpool's per-connection statement cache) with its
-/// parameter types fixed (`text`, `bytea`, `bigint`), so the event id, the
-/// 16-byte token and the 32-byte digest go over the wire in binary and
-/// Postgres neither parses nor plans the statement again. `migrate`,
-/// `cleanup`, `is_completed` and `attach_digest` take a connection per call
-/// too. A connection that broke (the server restarted, the backend was
-/// terminated, the network dropped it) fails the statement that was on it
-/// with [`StoreError::Backend`]; the pool discards it and opens another
-/// for a later call. Waits are bounded by the pool's wait and create
-/// timeouts and, in the layer, by its store timeout: a dead server or an
-/// exhausted pool gives errors (503), never a hang.
+/// Each store (and its clones) has a **batcher**: a tokio task, started on
+/// first use, that the hot-path operations queue on. It waits for an
+/// operation, then for one of its statement slots (half the pool's
+/// `max_size`, at most
+/// [`DEFAULT_BATCHES_IN_FLIGHT`](Self::DEFAULT_BATCHES_IN_FLIGHT) = 4;
+/// [`with_batches_in_flight`](Self::with_batches_in_flight) changes it),
+/// then takes everything queued of one kind (up
+/// to 256 operations; the three kinds take turns) and runs it as one
+/// statement on a connection of the pool, on a task of its own. While the
+/// slots are busy, new operations queue and form the next batches. It
+/// never waits on a timer to fill a batch: at low load each operation goes
+/// alone at once, as before. The task ends when the last clone of the
+/// store is dropped; a store used on a new runtime after its task's runtime
+/// shut down starts another.
 ///
-/// **Why not pipelines by default.** tokio-postgres pipelines concurrent
-/// statements on one connection, so a few long-lived connections shared by
-/// every delivery ([`with_pipelines`](Self::with_pipelines)) save the pool
-/// checkout and let statements share syscalls. But each statement is its
-/// own transaction, and its commit waits for the WAL flush; one backend
-/// runs the statements of its connection one after another, so a pipeline
-/// completes at most one statement per WAL flush, while separate
-/// connections commit together (group commit). Measured on a 2-core
-/// machine (receiver pinned to one core, load generator on the other, 32
-/// connections, unique ids, Postgres 15 with `synchronous_commit = on` on
-/// the same machine, a loaded machine: the memory store gave 12-14k
-/// req/s in the same runs), in req/s and receiver CPU per delivery:
+/// The batch statements are prepared once per connection (deadpool's
+/// per-connection statement cache) with their parameter types fixed
+/// (`text[]`, `bytea[]`, `bigint[]`), so the arrays go over the wire in
+/// binary and Postgres neither parses nor plans them again. `migrate`,
+/// `cleanup`, `complete_event_in`, `is_completed` and `attach_digest` are
+/// not batched; they take a connection per call.
 ///
-/// | configuration | req/s | CPU µs/delivery |
-/// |---|---|---|
-/// | sqlx store before (pool of 10) | 977-1434 | 156-231 |
-/// | 10 pooled connections | 1025-1586 | 101-143 |
-/// | 16 pooled connections | 1527-2197 | 89-116 |
-/// | 32 pooled connections (default) | 1852-2912 | 68-100 |
-/// | 2 pipelines | 137-186 | 195-251 |
-/// | 8 pipelines | 1223 | 123 |
-/// | 16 pipelines (of a pool of 32) | 1837-2194 | 89-109 |
+/// A batch statement that fails (a broken connection, a timeout of the
+/// pool, a dead server) fails every operation in it with
+/// [`StoreError::Backend`] (the layer answers 503 and Klikit retries); the
+/// pool discards a broken connection and opens another for a later batch.
+/// Waits are bounded by the pool's wait and create timeouts and, in the
+/// layer, by its store timeout; a caller that stopped waiting does not
+/// disturb the others in its batch. A batcher that stopped answers with a
+/// [`StoreError`], never a hang.
 ///
-/// (2 to 6 runs of 3 s each, interleaved.) A profile (`perf`) of the
-/// receiver put about a quarter of its CPU in the kernel's scheduler
-/// (the runtime's thread parking and waking) and a tenth in loopback TCP,
-/// against 5 % in tokio-postgres (8 % in sqlx before): the receiver waits
-/// for commits, and each wake-up costs, so the CPU per delivery falls as
-/// throughput rises.
+/// **Why batches.** Each statement outside a transaction is its own
+/// transaction, and its commit waits for the WAL flush; with a statement
+/// per operation the store's throughput was bound by those flushes, and a
+/// profile (`perf`) of the receiver put about a quarter of its CPU in the
+/// kernel's scheduler (the runtime's thread parking and waking, once per
+/// round trip) and a tenth in loopback TCP, against 5 % in tokio-postgres.
+/// A batch shares one round trip, one commit and one wake-up between its
+/// operations. (Pipelining statements on shared connections, the earlier
+/// `with_pipelines`, did not help: a backend runs its connection's
+/// statements one after another, so a pipeline commits at most one
+/// statement per WAL flush.)
 ///
-/// Throughput follows the number of connections committing at once, not
-/// the receiver's CPU, so the default takes a connection per statement from
-/// a pool as large as the concurrency it serves. Pipelines pay off where a
-/// commit does not wait for a disk (`synchronous_commit = off` for the
-/// store's role, or a fast WAL device): there, statements queued on one
-/// connection answer as fast as Postgres runs them.
+/// Measured on a 2-core machine shared with other builds (load average
+/// 2.3-4.1 during the runs): receiver pinned to one core, load generator
+/// on the other, 32 connections, unique ids, Postgres 15 with
+/// `synchronous_commit = on` on the same machine; the memory store gave
+/// 11.7-16.9k req/s at 28-40 µs of receiver CPU per delivery in the same
+/// runs. Requests/s, p99 and receiver CPU per delivery, 3 s runs,
+/// interleaved:
 ///
-/// With pipelines, a pipeline whose connection broke, or whose prepared
-/// statements went stale (the table was dropped or altered), is dropped by
-/// the call that saw the error and replaced through the pool by the next
-/// call (one caller connects, the calls behind it wait for its
-/// connection). Statements on one pipeline answer in order: a claim that
-/// waits for a row lock (a concurrent claim of the same id, or a
-/// transaction that ran [`complete_event_in`](Self::complete_event_in) and
-/// has not committed yet) delays the statements queued behind it.
+/// | configuration | runs | req/s | p99 ms | CPU µs/delivery |
+/// |---|---|---|---|---|
+/// | sqlx store before (pool of 10; earlier runs) | | 977-1434 | | 156-231 |
+/// | a statement per operation, 32 connections (earlier runs) | | 1852-2912 | | 68-100 |
+/// | batches, 1 in flight | 2 | 1617-2078 | 28.6-31.1 | 59-84 |
+/// | batches, 2 in flight | 7 | 1717-2423 | 27.1-32.0 | 56-81 |
+/// | batches, 4 in flight (default) | 5 | 2182-2968 | 21.1-28.7 | 57-81 |
+/// | batches, 8 in flight | 1 | 2458 | 25.5 | 79 |
+/// | batches, 16 in flight (half of 32) | 6 | 2105-3515 | 20.1-30.8 | 75-108 |
+///
+/// Throughput here is bound by latency: 32 deliveries in flight, each
+/// waiting for two commits of about 5 ms, cannot exceed about 3.2k req/s
+/// however the commits are grouped. Fewer statements in flight make larger
+/// batches and cost the receiver less CPU per delivery; 4 keeps most of
+/// the throughput of 16. The receiver's CPU per delivery did not reach the
+/// memory store's: at these rates most of it is the HTTP path and the
+/// runtime's wake-ups, which batching shares only in part (each delivery
+/// still wakes for its two answers).
 ///
 /// # Cleanup
 ///
@@ -292,13 +327,16 @@ impl PostgresStore {
     pub const DEFAULT_TABLE: &'static str = "klikit_webhook_dedup";
     /// How many expired rows [`cleanup`](Self::cleanup) deletes per statement.
     pub const CLEANUP_BATCH: i64 = 1000;
-    /// The size of the pool [`connect`](Self::connect) makes: the
-    /// concurrency of the benchmark, since throughput follows the number of
-    /// connections committing at once (see "Connections" in the
-    /// [type docs](Self)). Connections open only as concurrency needs them;
+    /// The size of the pool [`connect`](Self::connect) makes. The hot path
+    /// uses at most [`DEFAULT_BATCHES_IN_FLIGHT`](Self::DEFAULT_BATCHES_IN_FLIGHT)
+    /// of its connections; the others serve whoever shares the pool
+    /// (`complete_event_in` in handlers' transactions, the outbox, cleanup). Connections open only as concurrency needs them;
     /// where many instances share one server, keep their sum under its
     /// `max_connections` (build the pool yourself and use [`new`](Self::new)).
     pub const DEFAULT_POOL_SIZE: usize = 32;
+    /// The most batch statements a store lets run at once by default (see
+    /// "Connections" in the [type docs](Self)).
+    pub const DEFAULT_BATCHES_IN_FLIGHT: usize = 4;
     /// How long [`connect`](Self::connect)'s pool waits for a free
     /// connection, for a new connection, and for a recycled one's check.
     pub const POOL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -306,8 +344,8 @@ impl PostgresStore {
     /// A store over `pool`, in the table [`DEFAULT_TABLE`](Self::DEFAULT_TABLE).
     /// Call [`migrate`](Self::migrate) (once) before the first delivery.
     ///
-    /// Each hot-path statement takes a connection of `pool` (see
-    /// [`with_pipelines`](Self::with_pipelines) for the alternative).
+    /// The hot-path batches take connections of `pool`, at most half of
+    /// its `max_size` at once (see "Connections" in the [type docs](Self)).
     ///
     /// Make the pool yourself to choose its size, its timeouts, or TLS:
     /// [`connect`](Self::connect) connects without TLS, so for TLS build a
@@ -421,10 +459,25 @@ impl PostgresStore {
         Ok(self)
     }
 
-    /// How many batch statements [`new`](Self::new) lets run at once: half
-    /// the pool's `max_size`, at least one.
+    /// How many batch statements [`new`](Self::new) lets run at once
+    /// (half the pool's `max_size`, at most
+    /// [`DEFAULT_BATCHES_IN_FLIGHT`](Self::DEFAULT_BATCHES_IN_FLIGHT), at
+    /// least one).
     fn default_in_flight(pool: &Pool) -> usize {
-        (pool.status().max_size / 2).max(1)
+        (pool.status().max_size / 2).clamp(1, Self::DEFAULT_BATCHES_IN_FLIGHT)
+    }
+
+    /// Lets at most `count` (at least one) batch statements run at once
+    /// instead of the default (half the pool's `max_size`, at most
+    /// [`DEFAULT_BATCHES_IN_FLIGHT`](Self::DEFAULT_BATCHES_IN_FLIGHT)).
+    /// More slots make smaller batches: more commits and more receiver CPU
+    /// per delivery, with more throughput only where Postgres has spare
+    /// capacity (see "Connections" in the [type docs](Self)). Keep it under
+    /// the pool's `max_size`.
+    #[must_use]
+    pub fn with_batches_in_flight(mut self, count: usize) -> Self {
+        self.batcher = Arc::new(Batcher::new(count));
+        self
     }
 
     /// How many batch statements this store has sent to Postgres (each

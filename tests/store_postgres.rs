@@ -229,19 +229,17 @@ async fn connect_reports_a_bad_url_and_a_dead_server() {
     assert!(!message.contains("hunter2"), "the password leaked: {message}");
 }
 
-/// A hot-path connection that the server terminates is replaced, with
-/// pooled connections and with pipelines: the calls that saw it break get a
-/// `StoreError`, a later one succeeds.
+/// A hot-path connection that the server terminates is replaced: the calls
+/// that saw it break get a `StoreError`, a later one succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminated_connection_is_replaced() {
     let Some(factory) = factory().await else { return };
     let admin = factory.pool().await;
-    for pipelines in [0, 2] {
+    for round in 0..2 {
         let name = namespace();
         let separator = if factory.url.contains('?') { '&' } else { '?' };
         let url = format!("{}{separator}application_name={name}", factory.url);
         let store = PostgresStore::new(common::postgres_pool(&url, 4))
-            .with_pipelines(pipelines)
             .with_table(&name)
             .unwrap();
         store.migrate().await.unwrap();
@@ -271,8 +269,8 @@ async fn a_terminated_connection_is_replaced() {
                 }
             }
         }
-        assert!(done, "pipelines {pipelines}: never reconnected ({errors} errors)");
-        assert!(errors <= 4, "pipelines {pipelines}: {errors} errors");
+        assert!(done, "round {round}: never reconnected ({errors} errors)");
+        assert!(errors <= 4, "round {round}: {errors} errors");
         common::postgres_execute(&admin, &format!(r#"DROP TABLE "{name}""#)).await;
     }
 }
@@ -319,4 +317,216 @@ async fn complete_event_in_a_transaction() {
         Claim::Done { digest: Some(digest()) }
     );
     factory.cleanup(&table).await;
+}
+
+/// Three instances (each its own pool) claim the same 40 ids at once, each
+/// id twice per instance, interleaved with 40 ids of their own: every id
+/// has exactly one `New`, the other claims of it are `InFlight`, none fails.
+/// Batches then hold repeated ids (split into later batches) and lock rows
+/// of the same ids from several connections at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_claims_from_several_instances_have_one_winner_per_id() {
+    let Some(factory) = factory().await else { return };
+    let table = namespace();
+    let first = factory.open(&table).await;
+    let mut stores = vec![first];
+    for _ in 0..2 {
+        stores.push(
+            PostgresStore::new(common::postgres_pool(&factory.url, 4))
+                .with_table(&table)
+                .unwrap(),
+        );
+    }
+    let mut claims = Vec::new();
+    for round in 0..2 {
+        for (instance, store) in stores.iter().enumerate() {
+            for n in 0..40 {
+                for name in [format!("shared-{n}"), format!("own-{instance}-{round}-{n}")] {
+                    let store = store.clone();
+                    claims.push(tokio::spawn(async move {
+                        let claim = store.claim(&Lease::generate(id(&name)), Duration::from_secs(60)).await;
+                        (name, claim)
+                    }));
+                }
+            }
+        }
+    }
+    let mut new = std::collections::HashMap::<String, usize>::new();
+    let mut in_flight = 0;
+    for claim in claims {
+        let (name, claim) = claim.await.unwrap();
+        match claim.unwrap_or_else(|error| panic!("{name}: {error:?}")) {
+            Claim::New => *new.entry(name).or_default() += 1,
+            Claim::InFlight { .. } => in_flight += 1,
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+    assert_eq!(new.len(), 40 + 3 * 2 * 40, "every id has a winner");
+    assert!(new.values().all(|&wins| wins == 1), "{new:?}");
+    assert_eq!(in_flight, 3 * 2 * 40 - 40);
+    factory.cleanup(&table).await;
+}
+
+/// Concurrent operations really share statements: 200 claims queued at
+/// once (one thread, so all are queued before the batcher runs) go to
+/// Postgres in one or two statements, and so do their 200 completions.
+#[tokio::test]
+async fn concurrent_operations_share_one_statement() {
+    let Some(factory) = factory().await else { return };
+    let table = namespace();
+    let store = factory.open(&table).await;
+    let leases: Vec<Lease> = (0..200).map(|n| Lease::generate(id(&format!("batch-{n}")))).collect();
+    let before = store.batch_statements();
+    let claims =
+        futures_util::future::join_all(leases.iter().map(|lease| store.claim(lease, Duration::from_secs(60)))).await;
+    assert!(claims.into_iter().all(|claim| claim.unwrap() == Claim::New));
+    let claim_statements = store.batch_statements() - before;
+    assert!(
+        (1..=2).contains(&claim_statements),
+        "{claim_statements} statements for 200 claims"
+    );
+    let before = store.batch_statements();
+    let completes = futures_util::future::join_all(
+        leases
+            .iter()
+            .map(|lease| store.complete(lease, digest(), Duration::from_secs(60))),
+    )
+    .await;
+    assert!(completes.into_iter().all(|completed| completed.unwrap()));
+    let complete_statements = store.batch_statements() - before;
+    assert!(
+        (1..=2).contains(&complete_statements),
+        "{complete_statements} statements for 200 completions"
+    );
+    factory.cleanup(&table).await;
+}
+
+/// In one batch of completions (and one of releases), the single stale
+/// lease (right id, wrong token) answers `false` and changes nothing; the
+/// valid ones answer `true`.
+#[tokio::test]
+async fn a_stale_lease_in_a_batch_fails_alone() {
+    let Some(factory) = factory().await else { return };
+    let table = namespace();
+    let store = factory.open(&table).await;
+    for (kind, stale_at) in [("complete", 4), ("release", 0)] {
+        let leases: Vec<Lease> = (0..10).map(|n| Lease::generate(id(&format!("{kind}-{n}")))).collect();
+        for lease in &leases {
+            assert_eq!(store.claim(lease, Duration::from_secs(60)).await.unwrap(), Claim::New);
+        }
+        let mut ops = leases.clone();
+        ops[stale_at] = Lease::generate(leases[stale_at].event_id().clone());
+        let before = store.batch_statements();
+        let answers: Vec<bool> = if kind == "complete" {
+            futures_util::future::join_all(
+                ops.iter()
+                    .map(|lease| store.complete(lease, digest(), Duration::from_secs(60))),
+            )
+            .await
+        } else {
+            futures_util::future::join_all(ops.iter().map(|lease| store.release(lease))).await
+        }
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+        assert_eq!(store.batch_statements() - before, 1, "{kind}: one batch");
+        for (n, answer) in answers.iter().enumerate() {
+            assert_eq!(*answer, n != stale_at, "{kind} {n}");
+        }
+        // The stale lease's event is still in flight for its real holder.
+        assert!(matches!(
+            store
+                .claim(
+                    &Lease::generate(leases[stale_at].event_id().clone()),
+                    Duration::from_secs(60)
+                )
+                .await
+                .unwrap(),
+            Claim::InFlight { .. }
+        ));
+        let expected_other = if kind == "complete" {
+            Claim::Done { digest: Some(digest()) }
+        } else {
+            Claim::New
+        };
+        let other = (stale_at + 1) % 10;
+        assert_eq!(
+            store
+                .claim(
+                    &Lease::generate(leases[other].event_id().clone()),
+                    Duration::from_secs(60)
+                )
+                .await
+                .unwrap(),
+            expected_other,
+            "{kind}"
+        );
+    }
+    factory.cleanup(&table).await;
+}
+
+/// Operations queued on a store whose pool was closed fail at once with a
+/// `StoreError`, and none hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_pool_fails_queued_operations_quickly() {
+    let Some(factory) = factory().await else { return };
+    let table = namespace();
+    let store = factory.open(&table).await;
+    let lease = Lease::generate(id("before-close"));
+    assert_eq!(store.claim(&lease, Duration::from_secs(60)).await.unwrap(), Claim::New);
+    store.pool().close();
+    let leases: Vec<Lease> = (0..50).map(|n| Lease::generate(id(&format!("closed-{n}")))).collect();
+    let started = std::time::Instant::now();
+    let answers = tokio::time::timeout(
+        Duration::from_secs(2),
+        futures_util::future::join_all(leases.iter().map(|lease| store.claim(lease, Duration::from_secs(60)))),
+    )
+    .await
+    .expect("no hang");
+    for answer in answers {
+        assert!(
+            matches!(answer, Err(klikit_webhook::StoreError::Backend(_))),
+            "{answer:?}"
+        );
+    }
+    assert!(matches!(
+        store.complete(&lease, digest(), Duration::from_secs(60)).await,
+        Err(klikit_webhook::StoreError::Backend(_))
+    ));
+    assert!(started.elapsed() < Duration::from_secs(2));
+    factory.cleanup(&table).await;
+}
+
+/// A store outlives the runtime its batcher task ran on: used again on a
+/// new runtime, it starts a new task (and new connections) and answers.
+#[test]
+fn a_store_works_on_a_second_runtime() {
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let Some(factory) = runtime().block_on(factory()) else {
+        return;
+    };
+    let table = namespace();
+    let first = runtime();
+    let store = first.block_on(factory.open(&table));
+    let lease = Lease::generate(id("first-runtime"));
+    assert_eq!(
+        first.block_on(store.claim(&lease, Duration::from_secs(60))).unwrap(),
+        Claim::New
+    );
+    drop(first);
+    let second = runtime();
+    second.block_on(async {
+        let mut completed = store.complete(&lease, digest(), Duration::from_secs(60)).await;
+        // A connection made on the first runtime may fail once.
+        if completed.is_err() {
+            completed = store.complete(&lease, digest(), Duration::from_secs(60)).await;
+        }
+        assert!(completed.unwrap());
+        factory.cleanup(&table).await;
+    });
 }

@@ -1,21 +1,17 @@
 //! A [`DedupStore`] in Postgres.
 
-use std::{
-    fmt,
-    sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
-};
+use std::{fmt, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::{Client, GenericClient, NoTls, Statement, error::SqlState, types::Type};
+use tokio_postgres::{GenericClient, NoTls, types::Type};
 
+mod batch;
+
+use self::batch::{Batcher, Request};
 use super::{
-    BodyDigest, Claim, DedupStore, Lease, LeaseToken, Result, StoreError, claim_answer, sql::validate_identifier,
-    token_bytes, ttl_millis,
+    BodyDigest, Claim, DedupStore, Lease, LeaseToken, Result, StoreError, sql::validate_identifier, token_bytes,
+    ttl_millis,
 };
 use crate::{ConfigError, EventId};
 
@@ -53,40 +49,65 @@ use crate::{ConfigError, EventId};
 ///
 /// # Operations
 ///
-/// Each operation is **one statement, one round trip**, atomic under
-/// Postgres' default `READ COMMITTED` isolation:
+/// `claim`, `complete` and `release` are **group-committed**: the
+/// operations of one kind that are waiting at the same moment go to
+/// Postgres as **one statement** (one round trip, one transaction, one WAL
+/// flush), their parameters in arrays. Each operation keeps the semantics
+/// of a statement of its own, row by row, under Postgres' default
+/// `READ COMMITTED` isolation:
 ///
-/// - `claim` inserts the claim, and on a conflict updates the existing row
-///   **to itself unless it has expired**, returning the row as it is after
+/// - `claim` inserts the claims, and on a conflict updates the existing row
+///   **to itself unless it has expired**, returning each row as it is after
 ///   the statement:
 ///
 ///   ```sql
 ///   INSERT INTO t AS cur (event_id, token, done, expires_at)
-///   VALUES ($1, $2, false, now() + $3 * interval '1 millisecond')
+///   SELECT v.event_id, v.token, false, now() + v.ttl * interval '1 millisecond'
+///   FROM unnest($1::text[], $2::bytea[], $3::bigint[]) AS v(event_id, token, ttl)
+///   ORDER BY v.event_id COLLATE "C"
 ///   ON CONFLICT (event_id) DO UPDATE SET
 ///       token      = CASE WHEN cur.expires_at <= now() THEN excluded.token      ELSE cur.token      END,
 ///       done       = CASE WHEN cur.expires_at <= now() THEN false               ELSE cur.done       END,
 ///       expires_at = CASE WHEN cur.expires_at <= now() THEN excluded.expires_at ELSE cur.expires_at END,
 ///       digest     = CASE WHEN cur.expires_at <= now() THEN NULL                ELSE cur.digest     END
-///   RETURNING token = $2, done, ceil(extract(epoch FROM expires_at - now()) * 1000)::bigint, digest
+///   RETURNING cur.event_id, cur.token, cur.done,
+///             ceil(extract(epoch FROM cur.expires_at - now()) * 1000)::bigint, cur.digest
 ///   ```
 ///
-///   A completed row answers [`Claim::Done`] with its digest. Otherwise the
-///   returned token is ours exactly when our lease holds the claim (we won
-///   it, or it was already ours), and [`Claim::InFlight`] with the time left
-///   when it is not.
+///   The store matches each returned row to its operation by event id. A
+///   completed row answers [`Claim::Done`] with its digest. Otherwise the
+///   returned token is the operation's exactly when its lease holds the
+///   claim (it won it, or it was already its own), and [`Claim::InFlight`]
+///   with the time left when it is not.
 ///   The more obvious `DO UPDATE ... WHERE <expired>` returns no row when the
 ///   existing claim is alive, and reading that row in the same statement
 ///   (a CTE with `UNION ALL SELECT`) sees the statement's snapshot, which
 ///   misses a row a concurrent claim committed meanwhile. The row lock taken
-///   by `ON CONFLICT DO UPDATE` instead serialises concurrent claims, and
-///   `RETURNING` always sees the latest row. The price is one (HOT) row
-///   version per duplicate delivery, which `VACUUM` reclaims.
-/// - `complete`: `UPDATE ... SET done = true, expires_at = now() + <retain>,
-///   digest = $4 WHERE event_id = $1 AND token = $2 AND NOT done`.
-/// - `release`: `DELETE ... WHERE event_id = $1 AND token = $2 AND NOT done`.
+///   by `ON CONFLICT DO UPDATE` instead serialises concurrent claims of an
+///   id, row by row also inside a batch, and `RETURNING` always sees the
+///   latest row. The price is one (HOT) row version per duplicate delivery,
+///   which `VACUUM` reclaims.
+/// - `complete`: `UPDATE t AS cur SET done = true, expires_at = now() +
+///   v.ttl * interval '1 millisecond', digest = v.digest FROM
+///   unnest($1::text[], $2::bytea[], $3::bigint[], $4::bytea[]) AS v(event_id,
+///   token, ttl, digest) WHERE cur.event_id = v.event_id AND cur.token =
+///   v.token AND NOT cur.done RETURNING cur.event_id`: `true` for the
+///   returned ids, `false` for the others (a stale lease fails alone).
+/// - `release`: `DELETE FROM t AS cur USING unnest($1::text[], $2::bytea[])
+///   AS v(event_id, token) WHERE cur.event_id = v.event_id AND cur.token =
+///   v.token AND NOT cur.done RETURNING cur.event_id`, likewise.
 ///
-/// The event id is always a bind parameter. The table and schema names are
+/// An event id appears at most once per statement (Postgres cannot change a
+/// row twice in one statement): a second operation on the same id waits for
+/// a later batch. A batch's claims insert and lock their rows in event id
+/// order (`ORDER BY ... COLLATE "C"`, the primary key's order), so batches
+/// from several instances take their row locks in the same order. Updates
+/// and deletes have no such guarantee (the join decides), and a claim
+/// batch can meet a completion batch on the same rows, so a batch that
+/// Postgres chooses as a deadlock victim (or that fails with a
+/// serialization failure) is retried once, then fails.
+///
+/// The event ids are always bind parameters. The table and schema names are
 /// spliced into the statements, so they are checked to be plain identifiers
 /// and quoted.
 ///
@@ -98,65 +119,75 @@ use crate::{ConfigError, EventId};
 /// for TLS, build the pool with a TLS connector and pass it to
 /// [`new`](Self::new)).
 ///
-/// `claim`, `complete` and `release`, two of them per delivery, each take a
-/// connection of the pool for their one statement, prepared once per
-/// connection (deadpool's per-connection statement cache) with its
-/// parameter types fixed (`text`, `bytea`, `bigint`), so the event id, the
-/// 16-byte token and the 32-byte digest go over the wire in binary and
-/// Postgres neither parses nor plans the statement again. `migrate`,
-/// `cleanup`, `is_completed` and `attach_digest` take a connection per call
-/// too. A connection that broke (the server restarted, the backend was
-/// terminated, the network dropped it) fails the statement that was on it
-/// with [`StoreError::Backend`]; the pool discards it and opens another
-/// for a later call. Waits are bounded by the pool's wait and create
-/// timeouts and, in the layer, by its store timeout: a dead server or an
-/// exhausted pool gives errors (503), never a hang.
+/// Each store (and its clones) has a **batcher**: a tokio task, started on
+/// first use, that the hot-path operations queue on. It waits for an
+/// operation, then for one of its statement slots (half the pool's
+/// `max_size`, at most
+/// [`DEFAULT_BATCHES_IN_FLIGHT`](Self::DEFAULT_BATCHES_IN_FLIGHT) = 4;
+/// [`with_batches_in_flight`](Self::with_batches_in_flight) changes it),
+/// then takes everything queued of one kind (up
+/// to 256 operations; the three kinds take turns) and runs it as one
+/// statement on a connection of the pool, on a task of its own. While the
+/// slots are busy, new operations queue and form the next batches. It
+/// never waits on a timer to fill a batch: at low load each operation goes
+/// alone at once, as before. The task ends when the last clone of the
+/// store is dropped; a store used on a new runtime after its task's runtime
+/// shut down starts another.
 ///
-/// **Why not pipelines by default.** tokio-postgres pipelines concurrent
-/// statements on one connection, so a few long-lived connections shared by
-/// every delivery ([`with_pipelines`](Self::with_pipelines)) save the pool
-/// checkout and let statements share syscalls. But each statement is its
-/// own transaction, and its commit waits for the WAL flush; one backend
-/// runs the statements of its connection one after another, so a pipeline
-/// completes at most one statement per WAL flush, while separate
-/// connections commit together (group commit). Measured on a 2-core
-/// machine (receiver pinned to one core, load generator on the other, 32
-/// connections, unique ids, Postgres 15 with `synchronous_commit = on` on
-/// the same machine, a loaded machine: the memory store gave 12-14k
-/// req/s in the same runs), in req/s and receiver CPU per delivery:
+/// The batch statements are prepared once per connection (deadpool's
+/// per-connection statement cache) with their parameter types fixed
+/// (`text[]`, `bytea[]`, `bigint[]`), so the arrays go over the wire in
+/// binary and Postgres neither parses nor plans them again. `migrate`,
+/// `cleanup`, `complete_event_in`, `is_completed` and `attach_digest` are
+/// not batched; they take a connection per call.
 ///
-/// | configuration | req/s | CPU µs/delivery |
-/// |---|---|---|
-/// | sqlx store before (pool of 10) | 977-1434 | 156-231 |
-/// | 10 pooled connections | 1025-1586 | 101-143 |
-/// | 16 pooled connections | 1527-2197 | 89-116 |
-/// | 32 pooled connections (default) | 1852-2912 | 68-100 |
-/// | 2 pipelines | 137-186 | 195-251 |
-/// | 8 pipelines | 1223 | 123 |
-/// | 16 pipelines (of a pool of 32) | 1837-2194 | 89-109 |
+/// A batch statement that fails (a broken connection, a timeout of the
+/// pool, a dead server) fails every operation in it with
+/// [`StoreError::Backend`] (the layer answers 503 and Klikit retries); the
+/// pool discards a broken connection and opens another for a later batch.
+/// Waits are bounded by the pool's wait and create timeouts and, in the
+/// layer, by its store timeout; a caller that stopped waiting does not
+/// disturb the others in its batch. A batcher that stopped answers with a
+/// [`StoreError`], never a hang.
 ///
-/// (2 to 6 runs of 3 s each, interleaved.) A profile (`perf`) of the
-/// receiver put about a quarter of its CPU in the kernel's scheduler
-/// (the runtime's thread parking and waking) and a tenth in loopback TCP,
-/// against 5 % in tokio-postgres (8 % in sqlx before): the receiver waits
-/// for commits, and each wake-up costs, so the CPU per delivery falls as
-/// throughput rises.
+/// **Why batches.** Each statement outside a transaction is its own
+/// transaction, and its commit waits for the WAL flush; with a statement
+/// per operation the store's throughput was bound by those flushes, and a
+/// profile (`perf`) of the receiver put about a quarter of its CPU in the
+/// kernel's scheduler (the runtime's thread parking and waking, once per
+/// round trip) and a tenth in loopback TCP, against 5 % in tokio-postgres.
+/// A batch shares one round trip, one commit and one wake-up between its
+/// operations. (Pipelining statements on shared connections, the earlier
+/// `with_pipelines`, did not help: a backend runs its connection's
+/// statements one after another, so a pipeline commits at most one
+/// statement per WAL flush.)
 ///
-/// Throughput follows the number of connections committing at once, not
-/// the receiver's CPU, so the default takes a connection per statement from
-/// a pool as large as the concurrency it serves. Pipelines pay off where a
-/// commit does not wait for a disk (`synchronous_commit = off` for the
-/// store's role, or a fast WAL device): there, statements queued on one
-/// connection answer as fast as Postgres runs them.
+/// Measured on a 2-core machine shared with other builds (load average
+/// 2.3-4.1 during the runs): receiver pinned to one core, load generator
+/// on the other, 32 connections, unique ids, Postgres 15 with
+/// `synchronous_commit = on` on the same machine; the memory store gave
+/// 11.7-16.9k req/s at 28-40 µs of receiver CPU per delivery in the same
+/// runs. Requests/s, p99 and receiver CPU per delivery, 3 s runs,
+/// interleaved:
 ///
-/// With pipelines, a pipeline whose connection broke, or whose prepared
-/// statements went stale (the table was dropped or altered), is dropped by
-/// the call that saw the error and replaced through the pool by the next
-/// call (one caller connects, the calls behind it wait for its
-/// connection). Statements on one pipeline answer in order: a claim that
-/// waits for a row lock (a concurrent claim of the same id, or a
-/// transaction that ran [`complete_event_in`](Self::complete_event_in) and
-/// has not committed yet) delays the statements queued behind it.
+/// | configuration | runs | req/s | p99 ms | CPU µs/delivery |
+/// |---|---|---|---|---|
+/// | sqlx store before (pool of 10; earlier runs) | | 977-1434 | | 156-231 |
+/// | a statement per operation, 32 connections (earlier runs) | | 1852-2912 | | 68-100 |
+/// | batches, 1 in flight | 2 | 1617-2078 | 28.6-31.1 | 59-84 |
+/// | batches, 2 in flight | 7 | 1717-2423 | 27.1-32.0 | 56-81 |
+/// | batches, 4 in flight (default) | 5 | 2182-2968 | 21.1-28.7 | 57-81 |
+/// | batches, 8 in flight | 1 | 2458 | 25.5 | 79 |
+/// | batches, 16 in flight (half of 32) | 6 | 2105-3515 | 20.1-30.8 | 75-108 |
+///
+/// Throughput here is bound by latency: 32 deliveries in flight, each
+/// waiting for two commits of about 5 ms, cannot exceed about 3.2k req/s
+/// however the commits are grouped. Fewer statements in flight make larger
+/// batches and cost the receiver less CPU per delivery; 4 keeps most of
+/// the throughput of 16. The receiver's CPU per delivery did not reach the
+/// memory store's: at these rates most of it is the HTTP path and the
+/// runtime's wake-ups, which batching shares only in part (each delivery
+/// still wakes for its two answers).
 ///
 /// # Cleanup
 ///
@@ -190,7 +221,7 @@ pub struct PostgresStore {
     schema: Option<Arc<str>>,
     table: Arc<str>,
     sql: Arc<Statements>,
-    pipelines: Arc<Pipelines>,
+    batcher: Arc<Batcher>,
 }
 
 struct Statements {
@@ -206,13 +237,6 @@ struct Statements {
     attach_digest: Arc<str>,
 }
 
-/// The parameter types of the hot-path statements, prepared with them so
-/// every parameter goes over the wire in binary (the token 16 bytes, the
-/// digest 32) and Postgres never has to infer a type.
-const CLAIM_TYPES: &[Type] = &[Type::TEXT, Type::BYTEA, Type::INT8];
-const COMPLETE_TYPES: &[Type] = &[Type::TEXT, Type::BYTEA, Type::INT8, Type::BYTEA];
-const RELEASE_TYPES: &[Type] = &[Type::TEXT, Type::BYTEA];
-
 impl Statements {
     fn new(schema: Option<&str>, table: &str) -> Self {
         let qualified = match schema {
@@ -224,22 +248,32 @@ impl Statements {
         Self {
             claim: format!(
                 "INSERT INTO {t} AS cur (event_id, token, done, expires_at) \
-                 VALUES ($1, $2, false, now() + $3::bigint * interval '1 millisecond') \
+                 SELECT v.event_id, v.token, false, now() + v.ttl * interval '1 millisecond' \
+                 FROM unnest($1::text[], $2::bytea[], $3::bigint[]) AS v(event_id, token, ttl) \
+                 ORDER BY v.event_id COLLATE \"C\" \
                  ON CONFLICT (event_id) DO UPDATE SET \
                  token = CASE WHEN {expired} THEN excluded.token ELSE cur.token END, \
                  done = CASE WHEN {expired} THEN false ELSE cur.done END, \
                  expires_at = CASE WHEN {expired} THEN excluded.expires_at ELSE cur.expires_at END, \
                  digest = CASE WHEN {expired} THEN NULL ELSE cur.digest END \
-                 RETURNING cur.token = $2, cur.done, \
+                 RETURNING cur.event_id, cur.token, cur.done, \
                  ceil(extract(epoch FROM cur.expires_at - now()) * 1000)::bigint, cur.digest"
             )
             .into(),
             complete: format!(
-                "UPDATE {t} SET done = true, expires_at = now() + $3::bigint * interval '1 millisecond', \
-                 digest = $4 WHERE event_id = $1 AND token = $2 AND NOT done"
+                "UPDATE {t} AS cur SET done = true, expires_at = now() + v.ttl * interval '1 millisecond', \
+                 digest = v.digest \
+                 FROM unnest($1::text[], $2::bytea[], $3::bigint[], $4::bytea[]) AS v(event_id, token, ttl, digest) \
+                 WHERE cur.event_id = v.event_id AND cur.token = v.token AND NOT cur.done \
+                 RETURNING cur.event_id"
             )
             .into(),
-            release: format!("DELETE FROM {t} WHERE event_id = $1 AND token = $2 AND NOT done").into(),
+            release: format!(
+                "DELETE FROM {t} AS cur USING unnest($1::text[], $2::bytea[]) AS v(event_id, token) \
+                 WHERE cur.event_id = v.event_id AND cur.token = v.token AND NOT cur.done \
+                 RETURNING cur.event_id"
+            )
+            .into(),
             cleanup: format!(
                 "DELETE FROM {t} WHERE event_id IN \
                  (SELECT event_id FROM {t} WHERE expires_at <= now() LIMIT $1 FOR UPDATE SKIP LOCKED) \
@@ -273,115 +307,6 @@ impl Statements {
     }
 }
 
-/// The hot-path operations, each one prepared statement.
-#[derive(Clone, Copy)]
-enum Op {
-    Claim,
-    Complete,
-    Release,
-}
-
-impl Op {
-    fn sql(self, sql: &Statements) -> &str {
-        match self {
-            Self::Claim => &sql.claim,
-            Self::Complete => &sql.complete,
-            Self::Release => &sql.release,
-        }
-    }
-
-    fn types(self) -> &'static [Type] {
-        match self {
-            Self::Claim => CLAIM_TYPES,
-            Self::Complete => COMPLETE_TYPES,
-            Self::Release => RELEASE_TYPES,
-        }
-    }
-}
-
-/// The long-lived connections that `claim`, `complete` and `release` share
-/// (see "Connections" in the [type docs](PostgresStore)).
-struct Pipelines {
-    next: AtomicUsize,
-    lanes: Box<[Lane]>,
-}
-
-/// One shared connection: the current one (`None` before the first use and
-/// after it broke), and a lock that lets one caller at a time replace it.
-struct Lane {
-    current: Mutex<Option<Arc<LaneClient>>>,
-    connecting: tokio::sync::Mutex<()>,
-}
-
-/// A connection checked out of the pool for good, with the hot-path
-/// statements prepared on it.
-struct LaneClient {
-    client: deadpool_postgres::Object,
-    claim: Statement,
-    complete: Statement,
-    release: Statement,
-}
-
-impl LaneClient {
-    fn statement(&self, op: Op) -> &Statement {
-        match op {
-            Op::Claim => &self.claim,
-            Op::Complete => &self.complete,
-            Op::Release => &self.release,
-        }
-    }
-}
-
-impl Pipelines {
-    fn new(count: usize) -> Self {
-        Self {
-            next: AtomicUsize::new(0),
-            lanes: (0..count)
-                .map(|_| Lane {
-                    current: Mutex::new(None),
-                    connecting: tokio::sync::Mutex::new(()),
-                })
-                .collect(),
-        }
-    }
-}
-
-impl Lane {
-    fn live(&self) -> Option<Arc<LaneClient>> {
-        let current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        current.as_ref().filter(|lane| !lane.client.is_closed()).cloned()
-    }
-
-    /// Forgets `broken` if it is still the lane's connection; dropping the
-    /// last reference returns it to the pool, which discards it.
-    fn evict(&self, broken: &Arc<LaneClient>) {
-        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        if current.as_ref().is_some_and(|lane| Arc::ptr_eq(lane, broken)) {
-            *current = None;
-        }
-    }
-}
-
-/// The connection one hot-path statement runs on.
-// One lives on the stack per statement; boxing the pooled object would cost
-// an allocation per statement.
-#[allow(clippy::large_enum_variant)]
-enum Conn {
-    /// A shared, pipelined connection (lane `index`).
-    Lane(usize, Arc<LaneClient>),
-    /// A connection of the pool, for this statement only (no lanes).
-    Pooled(deadpool_postgres::Object),
-}
-
-impl Conn {
-    fn client(&self) -> &Client {
-        match self {
-            Self::Lane(_, lane) => &lane.client,
-            Self::Pooled(client) => client,
-        }
-    }
-}
-
 /// Why [`PostgresStore::connect`] failed (the source of the
 /// [`StoreError::Backend`] it returns).
 #[derive(Debug, thiserror::Error)]
@@ -402,18 +327,16 @@ impl PostgresStore {
     pub const DEFAULT_TABLE: &'static str = "klikit_webhook_dedup";
     /// How many expired rows [`cleanup`](Self::cleanup) deletes per statement.
     pub const CLEANUP_BATCH: i64 = 1000;
-    /// The size of the pool [`connect`](Self::connect) makes: the
-    /// concurrency of the benchmark, since throughput follows the number of
-    /// connections committing at once (see "Connections" in the
-    /// [type docs](Self)). Connections open only as concurrency needs them;
+    /// The size of the pool [`connect`](Self::connect) makes. The hot path
+    /// uses at most [`DEFAULT_BATCHES_IN_FLIGHT`](Self::DEFAULT_BATCHES_IN_FLIGHT)
+    /// of its connections; the others serve whoever shares the pool
+    /// (`complete_event_in` in handlers' transactions, the outbox, cleanup). Connections open only as concurrency needs them;
     /// where many instances share one server, keep their sum under its
     /// `max_connections` (build the pool yourself and use [`new`](Self::new)).
     pub const DEFAULT_POOL_SIZE: usize = 32;
-    /// How many long-lived pipelined connections [`new`](Self::new) gives
-    /// the hot path: none, each statement takes a connection of the pool
-    /// (see "Connections" in the [type docs](Self) for why, and
-    /// [`with_pipelines`](Self::with_pipelines)).
-    pub const DEFAULT_PIPELINES: usize = 0;
+    /// The most batch statements a store lets run at once by default (see
+    /// "Connections" in the [type docs](Self)).
+    pub const DEFAULT_BATCHES_IN_FLIGHT: usize = 4;
     /// How long [`connect`](Self::connect)'s pool waits for a free
     /// connection, for a new connection, and for a recycled one's check.
     pub const POOL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -421,8 +344,8 @@ impl PostgresStore {
     /// A store over `pool`, in the table [`DEFAULT_TABLE`](Self::DEFAULT_TABLE).
     /// Call [`migrate`](Self::migrate) (once) before the first delivery.
     ///
-    /// Each hot-path statement takes a connection of `pool` (see
-    /// [`with_pipelines`](Self::with_pipelines) for the alternative).
+    /// The hot-path batches take connections of `pool`, at most half of
+    /// its `max_size` at once (see "Connections" in the [type docs](Self)).
     ///
     /// Make the pool yourself to choose its size, its timeouts, or TLS:
     /// [`connect`](Self::connect) connects without TLS, so for TLS build a
@@ -454,12 +377,13 @@ impl PostgresStore {
     /// # }
     /// ```
     pub fn new(pool: Pool) -> Self {
+        let in_flight = Self::default_in_flight(&pool);
         Self {
             pool,
             schema: None,
             table: Arc::from(Self::DEFAULT_TABLE),
             sql: Arc::new(Statements::new(None, Self::DEFAULT_TABLE)),
-            pipelines: Arc::new(Pipelines::new(Self::DEFAULT_PIPELINES)),
+            batcher: Arc::new(Batcher::new(in_flight)),
         }
     }
 
@@ -503,29 +427,6 @@ impl PostgresStore {
         Ok(Self::new(pool))
     }
 
-    /// Shares `count` long-lived connections of the pool (checked out on
-    /// first use, taken in turn) between concurrent `claim`, `complete` and
-    /// `release` calls, which tokio-postgres pipelines on them, instead of
-    /// taking a connection per statement; `0` (the default) takes one per
-    /// statement. Capped at half the pool's `max_size`, so the pool keeps
-    /// connections for everything else. Worth it only where commits do not
-    /// wait for a disk: see "Connections" in the [type docs](Self).
-    ///
-    /// ```no_run
-    /// # async fn run() -> klikit_webhook::store::Result<()> {
-    /// use klikit_webhook::store::PostgresStore;
-    ///
-    /// let store = PostgresStore::connect("postgres://postgres@127.0.0.1:5432/app").await?.with_pipelines(4);
-    /// # Ok(())
-    /// # }
-    /// ```
-    #[must_use]
-    pub fn with_pipelines(mut self, count: usize) -> Self {
-        let max_size = self.pool.status().max_size;
-        self.pipelines = Arc::new(Pipelines::new(count.min(max_size / 2)));
-        self
-    }
-
     /// Uses the table `table` instead of [`DEFAULT_TABLE`](Self::DEFAULT_TABLE).
     ///
     /// The name is quoted, so it is case-sensitive. Names up to 48 bytes keep
@@ -539,7 +440,7 @@ impl PostgresStore {
         validate_identifier(table)?;
         self.table = Arc::from(table);
         self.sql = Arc::new(Statements::new(self.schema.as_deref(), table));
-        self.pipelines = Arc::new(Pipelines::new(self.pipelines.lanes.len()));
+        self.batcher = Arc::new(Batcher::new(self.batcher.in_flight()));
         Ok(self)
     }
 
@@ -554,8 +455,36 @@ impl PostgresStore {
         validate_identifier(schema)?;
         self.schema = Some(Arc::from(schema));
         self.sql = Arc::new(Statements::new(Some(schema), &self.table));
-        self.pipelines = Arc::new(Pipelines::new(self.pipelines.lanes.len()));
+        self.batcher = Arc::new(Batcher::new(self.batcher.in_flight()));
         Ok(self)
+    }
+
+    /// How many batch statements [`new`](Self::new) lets run at once
+    /// (half the pool's `max_size`, at most
+    /// [`DEFAULT_BATCHES_IN_FLIGHT`](Self::DEFAULT_BATCHES_IN_FLIGHT), at
+    /// least one).
+    fn default_in_flight(pool: &Pool) -> usize {
+        (pool.status().max_size / 2).clamp(1, Self::DEFAULT_BATCHES_IN_FLIGHT)
+    }
+
+    /// Lets at most `count` (at least one) batch statements run at once
+    /// instead of the default (half the pool's `max_size`, at most
+    /// [`DEFAULT_BATCHES_IN_FLIGHT`](Self::DEFAULT_BATCHES_IN_FLIGHT)).
+    /// More slots make smaller batches: more commits and more receiver CPU
+    /// per delivery, with more throughput only where Postgres has spare
+    /// capacity (see "Connections" in the [type docs](Self)). Keep it under
+    /// the pool's `max_size`.
+    #[must_use]
+    pub fn with_batches_in_flight(mut self, count: usize) -> Self {
+        self.batcher = Arc::new(Batcher::new(count));
+        self
+    }
+
+    /// How many batch statements this store has sent to Postgres (each
+    /// carries one or more operations): for tests.
+    #[doc(hidden)]
+    pub fn batch_statements(&self) -> u64 {
+        self.batcher.statements()
     }
 
     /// The table name.
@@ -656,85 +585,6 @@ impl PostgresStore {
             store.cleanup().await
         })
     }
-
-    /// The connection for the next hot-path statement: the next lane's,
-    /// (re)connected if it has none or it broke, or one of the pool's when
-    /// there are no lanes.
-    async fn conn(&self) -> Result<Conn> {
-        let lanes = &self.pipelines.lanes;
-        if lanes.is_empty() {
-            return self.pooled().await.map(Conn::Pooled);
-        }
-        let index = self.pipelines.next.fetch_add(1, Ordering::Relaxed) % lanes.len();
-        let lane = &lanes[index];
-        if let Some(live) = lane.live() {
-            return Ok(Conn::Lane(index, live));
-        }
-        // One caller reconnects; the others wait for its connection.
-        let _connecting = lane.connecting.lock().await;
-        if let Some(live) = lane.live() {
-            return Ok(Conn::Lane(index, live));
-        }
-        let client = self.pooled().await?;
-        let (claim, complete, release) = futures_util::future::try_join3(
-            client.prepare_typed(&self.sql.claim, CLAIM_TYPES),
-            client.prepare_typed(&self.sql.complete, COMPLETE_TYPES),
-            client.prepare_typed(&self.sql.release, RELEASE_TYPES),
-        )
-        .await
-        .map_err(StoreError::backend)?;
-        let live = Arc::new(LaneClient {
-            client,
-            claim,
-            complete,
-            release,
-        });
-        *lane.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&live));
-        Ok(Conn::Lane(index, live))
-    }
-
-    /// `op`'s prepared statement on `conn`.
-    async fn statement(&self, conn: &Conn, op: Op) -> Result<Statement, tokio_postgres::Error> {
-        match conn {
-            Conn::Lane(_, lane) => Ok(lane.statement(op).clone()),
-            Conn::Pooled(client) => client.prepare_typed_cached(op.sql(&self.sql), op.types()).await,
-        }
-    }
-
-    /// Turns a hot-path statement's error into a [`StoreError`], first
-    /// dropping the lane's connection if it broke or its prepared statements
-    /// went stale (the table was dropped or altered), so the next statement
-    /// reconnects.
-    fn failed(&self, conn: &Conn, error: tokio_postgres::Error) -> StoreError {
-        if let Conn::Lane(index, lane) = conn {
-            let stale = error.code().is_some_and(|code| {
-                [
-                    &SqlState::FEATURE_NOT_SUPPORTED,
-                    &SqlState::INVALID_SQL_STATEMENT_NAME,
-                    &SqlState::UNDEFINED_TABLE,
-                    &SqlState::UNDEFINED_COLUMN,
-                ]
-                .contains(&code)
-            });
-            if stale || lane.client.is_closed() || error.is_closed() {
-                self.pipelines.lanes[*index].evict(lane);
-            }
-        }
-        StoreError::backend(error)
-    }
-
-    /// Runs the `UPDATE`/`DELETE` of `op` and returns whether it changed a row.
-    async fn execute(&self, op: Op, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Result<bool> {
-        let conn = self.conn().await?;
-        let result = match self.statement(&conn, op).await {
-            Ok(statement) => conn.client().execute(&statement, params).await,
-            Err(error) => Err(error),
-        };
-        match result {
-            Ok(rows) => Ok(rows == 1),
-            Err(error) => Err(self.failed(&conn, error)),
-        }
-    }
 }
 
 impl PostgresStore {
@@ -821,7 +671,7 @@ impl PostgresStore {
     pub async fn is_completed(&self, lease: &Lease) -> Result<bool> {
         let client = self.pooled().await?;
         let statement = client
-            .prepare_typed_cached(&self.sql.is_done, RELEASE_TYPES)
+            .prepare_typed_cached(&self.sql.is_done, &[Type::TEXT, Type::BYTEA])
             .await
             .map_err(StoreError::backend)?;
         client
@@ -875,7 +725,7 @@ impl fmt::Debug for PostgresStore {
         f.debug_struct("PostgresStore")
             .field("schema", &self.schema)
             .field("table", &self.table)
-            .field("pipelines", &self.pipelines.lanes.len())
+            .field("statements_in_flight", &self.batcher.in_flight())
             .finish_non_exhaustive()
     }
 }
@@ -883,42 +733,20 @@ impl fmt::Debug for PostgresStore {
 #[async_trait]
 impl DedupStore for PostgresStore {
     async fn claim(&self, lease: &Lease, ttl: Duration) -> Result<Claim> {
-        let conn = self.conn().await?;
-        let token = token_bytes(lease.token());
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
-            [&lease.event_id().as_str(), &&token[..], &ttl_millis(ttl)];
-        let row = match self.statement(&conn, Op::Claim).await {
-            Ok(statement) => conn.client().query_one(&statement, &params).await,
-            Err(error) => Err(error),
-        };
-        let answer = row.and_then(|row| {
-            Ok(claim_answer(
-                row.try_get(0)?,
-                row.try_get(1)?,
-                row.try_get(2)?,
-                row.try_get::<_, Option<&[u8]>>(3)?,
-            ))
-        });
-        answer.map_err(|error| self.failed(&conn, error))
+        let (request, answer) = Request::claim(lease, ttl_millis(ttl));
+        self.batcher.send(&self.pool, &self.sql, request)?;
+        answer.await.map_err(|_| batch::stopped())?
     }
 
     async fn complete(&self, lease: &Lease, digest: BodyDigest, retain: Duration) -> Result<bool> {
-        let token = token_bytes(lease.token());
-        self.execute(
-            Op::Complete,
-            &[
-                &lease.event_id().as_str(),
-                &&token[..],
-                &ttl_millis(retain),
-                &&digest.as_bytes()[..],
-            ],
-        )
-        .await
+        let (request, answer) = Request::complete(lease, digest, ttl_millis(retain));
+        self.batcher.send(&self.pool, &self.sql, request)?;
+        answer.await.map_err(|_| batch::stopped())?
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool> {
-        let token = token_bytes(lease.token());
-        self.execute(Op::Release, &[&lease.event_id().as_str(), &&token[..]])
-            .await
+        let (request, answer) = Request::release(lease);
+        self.batcher.send(&self.pool, &self.sql, request)?;
+        answer.await.map_err(|_| batch::stopped())?
     }
 }

@@ -151,8 +151,8 @@ use crate::{ConfigError, EventId};
 /// [`StoreError`], never a hang.
 ///
 /// **Why batches.** Each statement outside a transaction is its own
-/// transaction, and its commit waits for the WAL flush; with a statement
-/// per operation the store's throughput was bound by those flushes, and a
+/// transaction: its own round trip, its own commit (a WAL flush) and its
+/// own share of Postgres' per-statement work. A
 /// profile (`perf`) of the receiver put about a quarter of its CPU in the
 /// kernel's scheduler (the runtime's thread parking and waking, once per
 /// round trip) and a tenth in loopback TCP, against 5 % in tokio-postgres.
@@ -180,9 +180,13 @@ use crate::{ConfigError, EventId};
 /// | batches, 8 in flight | 1 | 2458 | 25.5 | 79 |
 /// | batches, 16 in flight (half of 32) | 6 | 2105-3515 | 20.1-30.8 | 75-108 |
 ///
-/// Throughput here is bound by latency: 32 deliveries in flight, each
-/// waiting for two commits of about 5 ms, cannot exceed about 3.2k req/s
-/// however the commits are grouped. Fewer statements in flight make larger
+/// Throughput here is bound by latency: each delivery waits for two
+/// statements of several milliseconds (p50 9.5 ms per delivery in the
+/// committed benchmark run, `BENCHMARKS.md`). That is not the disk:
+/// `pg_test_fsync` on the same machine gave 152 µs per `fdatasync`. The
+/// likelier bound is Postgres' own CPU on the same two cores (about 300 µs
+/// per delivery in one 4 s sample taken while other builds ran; not yet
+/// measured by the harness). Fewer statements in flight make larger
 /// batches and cost the receiver less CPU per delivery; 4 keeps most of
 /// the throughput of 16. The receiver's CPU per delivery did not reach the
 /// memory store's: at these rates most of it is the HTTP path and the

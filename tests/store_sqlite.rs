@@ -269,6 +269,73 @@ async fn closed_store_answers_errors() {
     Sqlite.cleanup(&ns).await;
 }
 
+/// The store's writer and checkpoint threads run under `SCHED_BATCH` (so
+/// that a queued operation does not preempt the thread that queued it) at
+/// the process's nice value, 0 here (see `batch_scheduling` in the store's
+/// writer module). Other tests' stores may be starting in this process, so
+/// each thread found is given a moment to set its policy.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn sqlite_threads_run_under_sched_batch_at_nice_zero() {
+    const SCHED_BATCH: &str = "3";
+    /// (name, policy, nice) of this process's threads, from
+    /// `/proc/self/task/*/stat` (fields 41 and 19, counted from 1).
+    fn threads() -> Vec<(String, String, String)> {
+        let mut found = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+                continue; // the thread ended
+            };
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            let name = stat[open + 1..close].to_owned();
+            // Fields from the third on, after the name.
+            let rest: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+            found.push((name, rest[38].to_owned(), rest[16].to_owned()));
+        }
+        found
+    }
+    let ns = namespace();
+    let store = SqliteStore::open(path(&ns)).await.unwrap();
+    let main_nice = threads()
+        .into_iter()
+        .find(|(name, ..)| name.starts_with("store_sqlite"))
+        .map(|t| t.2);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let store_threads: Vec<_> = threads()
+            .into_iter()
+            .filter(|(name, ..)| name.starts_with("klikit-sqlite"))
+            .collect();
+        let writers = store_threads
+            .iter()
+            .filter(|(name, ..)| name == "klikit-sqlite-w")
+            .count();
+        let checkpointers = store_threads
+            .iter()
+            .filter(|(name, ..)| name == "klikit-sqlite-c")
+            .count();
+        let all_batch = store_threads.iter().all(|(_, policy, _)| policy == SCHED_BATCH);
+        if writers >= 1 && checkpointers >= 1 && all_batch {
+            for (name, _, nice) in &store_threads {
+                assert_eq!(nice, "0", "{name}: nice {nice}");
+            }
+            if let Some(main_nice) = main_nice {
+                assert_eq!(main_nice, "0", "the test process itself runs at nice {main_nice}");
+            }
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the SQLite store's threads (name, policy, nice): {store_threads:?}; want policy {SCHED_BATCH} (SCHED_BATCH)"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    store.close().await;
+    Sqlite.cleanup(&ns).await;
+}
+
 // ---------------------------------------------------------------------------
 // Two processes on one file.
 // ---------------------------------------------------------------------------

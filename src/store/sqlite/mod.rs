@@ -316,6 +316,7 @@ impl SqliteStore {
             .name("klikit-sqlite-writer".into())
             .spawn(move || {
                 let _alive = alive_tx;
+                writer::batch_scheduling();
                 match writer::open_connection(&thread_location, Self::BUSY_TIMEOUT) {
                     Ok(conn) => {
                         if opened_tx.send(Ok(())).is_ok() {
@@ -335,7 +336,10 @@ impl SqliteStore {
             let conn = writer::open_checkpointer(&location, Self::BUSY_TIMEOUT).map_err(Error::Sqlite)?;
             std::thread::Builder::new()
                 .name("klikit-sqlite-checkpoint".into())
-                .spawn(move || writer::checkpoint(conn, alive_rx))
+                .spawn(move || {
+                    writer::batch_scheduling();
+                    writer::checkpoint(conn, alive_rx);
+                })
                 .map_err(StoreError::backend)?;
         }
         let store = Self {

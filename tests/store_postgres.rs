@@ -401,6 +401,93 @@ async fn concurrent_operations_share_one_statement() {
     factory.cleanup(&table).await;
 }
 
+/// Claims, completes and releases `size` leases at once (one batch each,
+/// on a current-thread runtime), `rounds` times.
+async fn batched_rounds(store: &PostgresStore, label: &str, rounds: usize, size: usize) {
+    for round in 0..rounds {
+        let make = |kind: &str| -> Vec<Lease> {
+            (0..size)
+                .map(|n| Lease::generate(id(&format!("{label}-{round}-{kind}-{n}"))))
+                .collect()
+        };
+        let (completed, released) = (make("c"), make("r"));
+        let claims = futures_util::future::join_all(
+            completed
+                .iter()
+                .chain(&released)
+                .map(|lease| store.claim(lease, Duration::from_secs(60))),
+        )
+        .await;
+        assert!(claims.into_iter().all(|claim| claim.unwrap() == Claim::New));
+        let completes = futures_util::future::join_all(
+            completed
+                .iter()
+                .map(|lease| store.complete(lease, digest(), Duration::from_secs(3600))),
+        )
+        .await;
+        assert!(completes.into_iter().all(|done| done.unwrap()));
+        let releases = futures_util::future::join_all(released.iter().map(|lease| store.release(lease))).await;
+        assert!(releases.into_iter().all(|released| released.unwrap()));
+    }
+}
+
+/// The table's sequential scans so far, counting those of `pool`'s one
+/// connection (whose statistics are flushed first; PostgreSQL 15 or later).
+async fn seq_scans(pool: &Pool, table: &str) -> i64 {
+    let client = pool.get().await.expect("a Postgres connection");
+    client
+        .batch_execute("SELECT pg_stat_force_next_flush()")
+        .await
+        .expect("pg_stat_force_next_flush (PostgreSQL 15 or later)");
+    let row = client
+        .query_one("SELECT seq_scan FROM pg_stat_user_tables WHERE relname = $1", &[&table])
+        .await
+        .expect("the table's statistics");
+    row.get(0)
+}
+
+/// Completions and releases reach their rows through the primary key
+/// however much the table grew since the connection first ran them. The
+/// table's statistics stay those of an empty table (autovacuum off for it,
+/// so no ANALYZE comes in between): 8 rounds of batches of 20 on the empty
+/// table, then 20,000 rows added, then 5 rounds of batches of 3; the
+/// table's sequential scan count does not move in the later rounds. With
+/// the `UPDATE`/`DELETE` batch statements prepared and their plans cached,
+/// every later batch scanned the whole table.
+#[tokio::test]
+async fn completions_and_releases_use_the_primary_key_after_the_table_grew() {
+    let Some(factory) = factory().await else { return };
+    let table = namespace();
+    // One connection: the store's statements and the statistics checks run
+    // on one backend.
+    let pool = common::postgres_pool(&factory.url, 1);
+    let store = PostgresStore::new(pool.clone()).with_table(&table).unwrap();
+    store.migrate().await.unwrap();
+    common::postgres_execute(
+        &pool,
+        &format!(r#"ALTER TABLE "{table}" SET (autovacuum_enabled = false)"#),
+    )
+    .await;
+    batched_rounds(&store, "empty", 8, 20).await;
+    common::postgres_execute(
+        &pool,
+        &format!(
+            r#"INSERT INTO "{table}" SELECT 'filler-' || g, '\x00', true, now() + interval '1 hour', NULL
+               FROM generate_series(1, 20000) g"#
+        ),
+    )
+    .await;
+    let before = seq_scans(&pool, &table).await;
+    batched_rounds(&store, "grown", 5, 3).await;
+    let after = seq_scans(&pool, &table).await;
+    assert_eq!(
+        after - before,
+        0,
+        "sequential scans of the grown table by 15 completions and 15 releases"
+    );
+    factory.cleanup(&table).await;
+}
+
 /// In one batch of completions (and one of releases), the single stale
 /// lease (right id, wrong token) answers `false` and changes nothing; the
 /// valid ones answer `true`.

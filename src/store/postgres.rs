@@ -123,7 +123,7 @@ use crate::{ConfigError, EventId};
 /// first use, that the hot-path operations queue on. It waits for an
 /// operation, then for one of its statement slots (half the pool's
 /// `max_size`, at most
-/// [`DEFAULT_BATCHES_IN_FLIGHT`](Self::DEFAULT_BATCHES_IN_FLIGHT) = 4;
+/// [`DEFAULT_BATCHES_IN_FLIGHT`](Self::DEFAULT_BATCHES_IN_FLIGHT) = 2;
 /// [`with_batches_in_flight`](Self::with_batches_in_flight) changes it),
 /// then takes everything queued of one kind (up
 /// to 256 operations; the three kinds take turns) and runs it as one
@@ -134,10 +134,20 @@ use crate::{ConfigError, EventId};
 /// store is dropped; a store used on a new runtime after its task's runtime
 /// shut down starts another.
 ///
-/// The batch statements are prepared once per connection (deadpool's
-/// per-connection statement cache) with their parameter types fixed
-/// (`text[]`, `bytea[]`, `bigint[]`), so the arrays go over the wire in
-/// binary and Postgres neither parses nor plans them again. `migrate`,
+/// The batch statements have their parameter types fixed (`text[]`,
+/// `bytea[]`, `bigint[]`), so the arrays go over the wire in binary. The
+/// claim is prepared once per connection (deadpool's per-connection
+/// statement cache) and its plan cached: an `INSERT ... ON CONFLICT` can
+/// only reach existing rows through the primary key. `complete` and
+/// `release` join the batch's arrays with the table, so they are planned
+/// again for each batch (an unnamed statement, still one round trip): a
+/// plan cached while the table looked small (a table Postgres has not yet
+/// analyzed is estimated at a few hundred rows) is a sequential scan, kept
+/// by that connection however large the table grows, until autovacuum's
+/// next `ANALYZE` (measured: 3.5 ms per completion at 30,000 rows, and
+/// throughput halved in the benchmark; the test
+/// `completions_and_releases_use_the_primary_key_after_the_table_grew`
+/// counts the table's sequential scans). `migrate`,
 /// `cleanup`, `complete_event_in`, `is_completed` and `attach_digest` are
 /// not batched; they take a connection per call.
 ///
@@ -162,36 +172,28 @@ use crate::{ConfigError, EventId};
 /// statements one after another, so a pipeline commits at most one
 /// statement per WAL flush.)
 ///
-/// Measured on a 2-core machine shared with other builds (load average
-/// 2.3-4.1 during the runs): receiver pinned to one core, load generator
-/// on the other, 32 connections, unique ids, Postgres 15 with
-/// `synchronous_commit = on` on the same machine; the memory store gave
-/// 11.7-16.9k req/s at 28-40 µs of receiver CPU per delivery in the same
-/// runs. Requests/s, p99 and receiver CPU per delivery, 3 s runs,
-/// interleaved:
+/// Measured on a 2-vCPU AMD EPYC KVM guest with nothing else running:
+/// the reference receiver pinned to one core, `examples/load.rs` on the
+/// other, 32 connections, unique ids, 5 s per run, Postgres 15 on the same
+/// machine with `synchronous_commit = on` (`pg_test_fsync`: 87 µs per
+/// 8 kB `fdatasync`), every run made:
 ///
-/// | configuration | runs | req/s | p99 ms | CPU µs/delivery |
+/// | batches in flight | runs | req/s | p99 ms | receiver CPU µs/delivery |
 /// |---|---|---|---|---|
-/// | sqlx store before (pool of 10; earlier runs) | | 977-1434 | | 156-231 |
-/// | a statement per operation, 32 connections (earlier runs) | | 1852-2912 | | 68-100 |
-/// | batches, 1 in flight | 2 | 1617-2078 | 28.6-31.1 | 59-84 |
-/// | batches, 2 in flight | 7 | 1717-2423 | 27.1-32.0 | 56-81 |
-/// | batches, 4 in flight (default) | 5 | 2182-2968 | 21.1-28.7 | 57-81 |
-/// | batches, 8 in flight | 1 | 2458 | 25.5 | 79 |
-/// | batches, 16 in flight (half of 32) | 6 | 2105-3515 | 20.1-30.8 | 75-108 |
+/// | 4, `complete`/`release` plans cached (before) | 2 | 4167-4240 | 15.6-16.3 | 42.0-45.2 |
+/// | 8 | 2 | 6640-8321 | 6.2-8.1 | 46.6-54.5 |
+/// | 4 | 3 | 8700-8965 | 6.0-7.8 | 40.8-48.7 |
+/// | 3 | 2 | 10833-10838 | 4.3-4.5 | 35.8-39.1 |
+/// | 2 (the default) | 4 | 10660-11841 | 4.0-5.0 | 36.2-37.8 |
+/// | 1 | 2 | 10933-11426 | 3.7-4.8 | 32.4-33.6 |
 ///
-/// Throughput here is bound by latency: each delivery waits for two
-/// statements of several milliseconds (p50 9.5 ms per delivery in the
-/// committed benchmark run, `BENCHMARKS.md`). That is not the disk:
-/// `pg_test_fsync` on the same machine gave 152 µs per `fdatasync`. The
-/// likelier bound is Postgres' own CPU on the same two cores (about 300 µs
-/// per delivery in one 4 s sample taken while other builds ran; not yet
-/// measured by the harness). Fewer statements in flight make larger
-/// batches and cost the receiver less CPU per delivery; 4 keeps most of
-/// the throughput of 16. The receiver's CPU per delivery did not reach the
-/// memory store's: at these rates most of it is the HTTP path and the
-/// runtime's wake-ups, which batching shares only in part (each delivery
-/// still wakes for its two answers).
+/// At these rates the backends wait mostly on the WAL (`WALWrite` and
+/// `WALSync` in `pg_stat_activity`): each delivery waits for two commits.
+/// Fewer statements in flight make larger batches, so fewer commits per
+/// delivery and less CPU on both sides; 2 keeps a second batch forming
+/// while one commits. Where Postgres has cores and disk to spare, more
+/// slots ([`with_batches_in_flight`](Self::with_batches_in_flight)) can
+/// help; measure. `BENCHMARKS.md` has the figures of the committed runs.
 ///
 /// # Cleanup
 ///
@@ -340,7 +342,7 @@ impl PostgresStore {
     pub const DEFAULT_POOL_SIZE: usize = 32;
     /// The most batch statements a store lets run at once by default (see
     /// "Connections" in the [type docs](Self)).
-    pub const DEFAULT_BATCHES_IN_FLIGHT: usize = 4;
+    pub const DEFAULT_BATCHES_IN_FLIGHT: usize = 2;
     /// How long [`connect`](Self::connect)'s pool waits for a free
     /// connection, for a new connection, and for a recycled one's check.
     pub const POOL_TIMEOUT: Duration = Duration::from_secs(5);

@@ -71,19 +71,20 @@ use crate::ConfigError;
 /// its start (measured: 249k deliveries in 20 s, the file stayed at
 /// 33.9–34.9 MB).
 ///
+/// On Linux the writer and checkpoint threads run under `SCHED_BATCH`, so
+/// that an operation queued from a busy core does not preempt the thread
+/// that queued it: the writer runs when that thread blocks or its time
+/// slice ends, and finds a whole group waiting (see `batch_scheduling` in
+/// the source for the measurements).
+///
 /// Measured (the reference receiver pinned to one core, `examples/load.rs`
-/// on the other, 32 connections, unique ids, 4 s per configuration, memory
-/// and SQLite in the same run, eleven runs) on a shared 2-core machine whose
-/// load average was 5 to 8 while other builds ran: the receiver spent
-/// 51–73 µs of CPU per delivery with this store against 28–43 µs with
-/// `MemoryStore` in the same runs (1.4–2.3 times, median 1.7). Requests per
-/// second and p99 of those runs mostly measure the other load (SQLite's
-/// receiver, having more threads, got a larger share of its core, and
-/// answered 7.8k–12.3k requests/s at a p99 of 10.0–17.1 ms against
-/// 4.7k–10.4k and 12.1–38.8 ms for memory); with the writer's default
-/// checkpoints instead, SQLite's p99 was above memory's in three runs of
-/// four (15.9–25.9 ms against 12.1–22.8 ms). `benches/run.sh` on a quiet
-/// machine gives the figures to rely on.
+/// on the other, 32 connections, unique ids, 5 s runs, on a 2-vCPU KVM
+/// guest with nothing else running): 25.3–31.2k requests/s at 31.6–38.3 µs
+/// of receiver CPU per delivery and a p99 of 2.2–3.1 ms (five runs),
+/// where `MemoryStore` answered 42.1–50.1k requests/s at 19.8–23.3 µs
+/// and 0.9–1.6 ms in the same hour's runs (of several builds of the
+/// layer). `BENCHMARKS.md` has the
+/// committed runs of `benches/run.sh`, with both stores in the same rounds.
 ///
 /// # Durability
 ///

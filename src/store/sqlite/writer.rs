@@ -160,10 +160,8 @@ pub(super) fn open_connection(location: &Location, busy_timeout: Duration) -> ru
 /// 31.6–38.3 µs of CPU per delivery, against 22.0–24.5k at 40.2–44.9 µs;
 /// in one pair of runs the writer switched context 5.6k times in 3 s
 /// against 28.5k. On a machine
-/// with an idle core for the writer nothing changes. The thread's weight is
-/// that of nice 0, as before; a process started with a higher nice value
-/// keeps it for these threads too (lowering it needs a privilege, so
-/// that step fails, after the policy was set).
+/// with an idle core for the writer nothing changes. Only the policy
+/// changes: the thread keeps its nice value (the process's).
 pub(super) fn batch_scheduling() {
     #[cfg(target_os = "linux")]
     {
@@ -171,28 +169,38 @@ pub(super) fn batch_scheduling() {
             NormalThreadSchedulePolicy, ThreadPriority, ThreadPriorityValue, ThreadSchedulePolicy,
             unix::{set_thread_priority_and_policy, thread_native_id},
         };
-        // thread-priority sets the policy and then the thread's nice value,
-        // mapped from a 0–99 scale on which 48 is nice 0 (the test
-        // `sqlite_threads_run_under_sched_batch_at_nice_zero` checks both).
-        let Ok(nice_zero) = ThreadPriorityValue::try_from(NICE_ZERO) else {
+        let policy = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch);
+        // thread-priority sets the policy, then a nice value mapped from its
+        // 0-99 scale: pick the value it maps to the nice value the thread
+        // has now (the process's), so that only the policy changes.
+        let Some(nice) = current_nice() else {
             return;
         };
-        let policy = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch);
-        if let Err(error) =
-            set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Crossplatform(nice_zero), policy)
-        {
+        let keep = (0..=99u8)
+            .filter_map(|value| ThreadPriorityValue::try_from(value).ok())
+            .map(ThreadPriority::Crossplatform)
+            .find(|priority| priority.to_posix(policy).is_ok_and(|mapped| mapped == nice));
+        let Some(keep) = keep else {
             tracing::debug!(
-                ?error,
-                "SQLite dedup store: could not set SCHED_BATCH or nice 0 on its thread"
+                nice,
+                "SQLite dedup store: no SCHED_BATCH for its thread (its nice value has no equivalent)"
             );
+            return;
+        };
+        if let Err(error) = set_thread_priority_and_policy(thread_native_id(), keep, policy) {
+            tracing::debug!(?error, "SQLite dedup store: could not set SCHED_BATCH on its thread");
         }
     }
 }
 
-/// thread-priority's cross-platform value that it maps to nice 0 for the
-/// normal policies on Linux.
+/// The calling thread's nice value, from `/proc/thread-self/stat` (field
+/// 19, counted from 1; the fields after the parenthesised name start at 3).
 #[cfg(target_os = "linux")]
-const NICE_ZERO: u8 = 48;
+fn current_nice() -> Option<i32> {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
+    let fields = stat.get(stat.rfind(')')? + 1..)?;
+    fields.split_whitespace().nth(16)?.parse().ok()
+}
 
 /// Whether a thread of its own checkpoints the WAL (see the store's docs).
 pub(super) const BACKGROUND_CHECKPOINTS: bool = true;

@@ -337,13 +337,15 @@ async fn query(
     let mut retried = false;
     loop {
         let client = pool.get().await.map_err(BatchError::new)?;
-        statements.fetch_add(1, Ordering::Relaxed);
         let rows = match planning {
             Planning::Cached => {
                 let statement = client.prepare_typed_cached(sql, types).await.map_err(BatchError::new)?;
+                statements.fetch_add(1, Ordering::Relaxed);
                 client.query(&statement, params).await
             }
             Planning::PerBatch => {
+                debug_assert_eq!(params.len(), types.len(), "one type per parameter");
+                statements.fetch_add(1, Ordering::Relaxed);
                 let typed: Vec<(&(dyn ToSql + Sync), Type)> =
                     params.iter().copied().zip(types.iter().cloned()).collect();
                 client.query_typed(sql, &typed).await

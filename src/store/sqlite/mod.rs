@@ -71,7 +71,8 @@ use crate::ConfigError;
 /// its start (measured: 249k deliveries in 20 s, the file stayed at
 /// 33.9–34.9 MB).
 ///
-/// On Linux the writer and checkpoint threads run under `SCHED_BATCH`, so
+/// On Linux the writer and checkpoint threads run under `SCHED_BATCH` (where
+/// the system permits it), so
 /// that an operation queued from a busy core does not preempt the thread
 /// that queued it: the writer runs when that thread blocks or its time
 /// slice ends, and finds a whole group waiting (see `batch_scheduling` in

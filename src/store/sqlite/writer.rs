@@ -156,12 +156,19 @@ pub(super) fn open_connection(location: &Location, busy_timeout: Duration) -> ru
 /// time slice ends, and then finds all that was queued meanwhile in one
 /// group. Measured with the reference receiver on one core (`examples/load.rs`,
 /// 32 connections, the same binary with and without the policy, set from
-/// outside with `chrt -b`, five runs each): 25.3–31.2k requests/s at
+/// outside on these two threads only with `chrt -b -p 0 <thread id>`, five
+/// runs each): 25.3–31.2k requests/s at
 /// 31.6–38.3 µs of CPU per delivery, against 22.0–24.5k at 40.2–44.9 µs;
 /// in one pair of runs the writer switched context 5.6k times in 3 s
 /// against 28.5k. On a machine
 /// with an idle core for the writer nothing changes. Only the policy
-/// changes: the thread keeps its nice value (the process's).
+/// changes: the thread keeps the nice value it started with (that of the
+/// thread that opened the store). Where the policy cannot be set (no
+/// `/proc`, a sandbox that forbids `sched_setscheduler`), the thread keeps
+/// the default policy and a `DEBUG` line says so. There is no switch to
+/// keep the default policy on Linux: under it the writer preempts the
+/// threads that feed it, which costs more than it saves wherever they share
+/// a core.
 pub(super) fn batch_scheduling() {
     #[cfg(target_os = "linux")]
     {
@@ -174,6 +181,7 @@ pub(super) fn batch_scheduling() {
         // 0-99 scale: pick the value it maps to the nice value the thread
         // has now (the process's), so that only the policy changes.
         let Some(nice) = current_nice() else {
+            tracing::debug!("SQLite dedup store: no SCHED_BATCH for its thread (its nice value is unreadable)");
             return;
         };
         let keep = (0..=99u8)

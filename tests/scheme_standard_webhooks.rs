@@ -459,26 +459,29 @@ async fn ignoring_the_timestamp() {
 
 // ---- verification: the Rust library ----------------------------------------
 
-fn rust_headers(signature: &str) -> HeaderMap {
+/// The headers of a delivery signed at `timestamp` (the one its signature
+/// covers: reading the clock again could cross a second).
+fn rust_headers(signature: &str, timestamp: i64) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert("webhook-id", HeaderValue::from_static(RUST_MSG_ID));
     headers.insert("webhook-signature", signature.parse().unwrap());
-    headers.insert("webhook-timestamp", now().to_string().parse().unwrap());
+    headers.insert("webhook-timestamp", timestamp.to_string().parse().unwrap());
     headers
 }
 
 #[tokio::test]
 async fn rust_library_cases() {
-    let signature = sign_with_crate(RUST_SECRET, RUST_MSG_ID, now(), RUST_PAYLOAD);
+    let signed_at = now();
+    let signature = sign_with_crate(RUST_SECRET, RUST_MSG_ID, signed_at, RUST_PAYLOAD);
     // test_verify
     assert!(
-        verify(RUST_SECRET, RUST_PAYLOAD, &rust_headers(&signature))
+        verify(RUST_SECRET, RUST_PAYLOAD, &rust_headers(&signature, signed_at))
             .await
             .is_ok()
     );
     // test_verify_incorrect_timestamp: the header moved ± tolerance + 1
     for timestamp in [now() - (TOLERANCE + 1), now() + (TOLERANCE + 1)] {
-        let mut headers = rust_headers(&signature);
+        let mut headers = rust_headers(&signature, signed_at);
         headers.insert("webhook-timestamp", timestamp.to_string().parse().unwrap());
         assert!(
             verify(RUST_SECRET, RUST_PAYLOAD, &headers).await.is_err(),
@@ -492,15 +495,19 @@ async fn rust_library_cases() {
         "v1,9DfC1c3eeOrXB6w/5dIDydLNQaEyww5KalE5jLBZucE=",
     ];
     let multi = format!("{} {} {signature} {}", fakes[0], fakes[1], fakes[2]);
-    assert!(verify(RUST_SECRET, RUST_PAYLOAD, &rust_headers(&multi)).await.is_ok());
+    assert!(
+        verify(RUST_SECRET, RUST_PAYLOAD, &rust_headers(&multi, signed_at))
+            .await
+            .is_ok()
+    );
     // test_no_verify_with_multiple_signatures
     assert!(
-        verify(RUST_SECRET, RUST_PAYLOAD, &rust_headers(&fakes.join(" ")))
+        verify(RUST_SECRET, RUST_PAYLOAD, &rust_headers(&fakes.join(" "), signed_at))
             .await
             .is_err()
     );
     // test_missing_headers: removed one after the other
-    let mut headers = rust_headers(&signature);
+    let mut headers = rust_headers(&signature, signed_at);
     for header in ["webhook-id", "webhook-signature", "webhook-timestamp"] {
         headers.remove(header);
         assert!(verify(RUST_SECRET, RUST_PAYLOAD, &headers).await.is_err(), "{header}");

@@ -71,21 +71,20 @@ use crate::ConfigError;
 /// its start (measured: 249k deliveries in 20 s, the file stayed at
 /// 33.9–34.9 MB).
 ///
-/// On Linux the writer and checkpoint threads run under `SCHED_BATCH` (where
-/// the system permits it), so
-/// that an operation queued from a busy core does not preempt the thread
-/// that queued it: the writer runs when that thread blocks or its time
-/// slice ends, and finds a whole group waiting (see `batch_scheduling` in
-/// the source for the measurements).
+/// On Linux the writer and checkpoint threads run under `SCHED_BATCH`
+/// (where the system permits it), so that an operation queued from a busy
+/// core does not preempt the thread that queued it: the writer runs when
+/// that thread blocks or its time slice ends, and finds a whole group
+/// waiting (see `batch_scheduling` in the source for the measurements).
 ///
 /// Measured (the reference receiver pinned to one core, `examples/load.rs`
 /// on the other, 32 connections, unique ids, 5 s runs, on a 2-vCPU KVM
 /// guest with nothing else running): 25.3–31.2k requests/s at 31.6–38.3 µs
-/// of receiver CPU per delivery and a p99 of 2.2–3.1 ms (five runs),
-/// where `MemoryStore` answered 42.1–50.1k requests/s at 19.8–23.3 µs
-/// and 0.9–1.6 ms in the same hour's runs (of several builds of the
-/// layer). `BENCHMARKS.md` has the
-/// committed runs of `benches/run.sh`, with both stores in the same rounds.
+/// of receiver CPU per delivery and a p99 of 2.2–3.1 ms (five runs), where
+/// `MemoryStore` answered 42.1–50.1k requests/s at 19.8–23.3 µs and
+/// 0.9–1.6 ms in the same hour's runs (of several builds of the layer).
+/// `BENCHMARKS.md` has the committed runs of `benches/run.sh`, with both
+/// stores in the same rounds.
 ///
 /// # Durability
 ///

@@ -151,24 +151,26 @@ pub(super) fn open_connection(location: &Location, busy_timeout: Duration) -> ru
 /// Why: a queued operation wakes the writer. Under the default policy the
 /// woken writer preempts the thread that queued it, so on a busy core the
 /// two take turns per operation: a group holds one or two operations and
-/// every delivery pays two context switches. A `SCHED_BATCH` thread does not
-/// preempt on wake-up; it runs when the submitting thread blocks or its
+/// every delivery pays two context switches. A `SCHED_BATCH` thread does
+/// not preempt on wake-up; it runs when the submitting thread blocks or its
 /// time slice ends, and then finds all that was queued meanwhile in one
-/// group. Measured with the reference receiver on one core (`examples/load.rs`,
+/// group.
+///
+/// Measured with the reference receiver on one core (`examples/load.rs`,
 /// 32 connections, the same binary with and without the policy, set from
 /// outside on these two threads only with `chrt -b -p 0 <thread id>`, five
-/// runs each): 25.3–31.2k requests/s at
-/// 31.6–38.3 µs of CPU per delivery, against 22.0–24.5k at 40.2–44.9 µs;
-/// in one pair of runs the writer switched context 5.6k times in 3 s
-/// against 28.5k. On a machine
-/// with an idle core for the writer nothing changes. Only the policy
-/// changes: the thread keeps the nice value it started with (that of the
-/// thread that opened the store). Where the policy cannot be set (no
-/// `/proc`, a sandbox that forbids `sched_setscheduler`), the thread keeps
-/// the default policy and a `DEBUG` line says so. There is no switch to
-/// keep the default policy on Linux: under it the writer preempts the
-/// threads that feed it, which costs more than it saves wherever they share
-/// a core.
+/// runs each): 25.3–31.2k requests/s at 31.6–38.3 µs of CPU per delivery,
+/// against 22.0–24.5k at 40.2–44.9 µs; in one pair of runs the writer
+/// switched context 5.6k times in 3 s against 28.5k. On a machine with an
+/// idle core for the writer nothing changes.
+///
+/// Only the policy changes: the thread keeps the nice value it started
+/// with (that of the thread that opened the store). Where the policy cannot
+/// be set (no `/proc`, a sandbox that forbids `sched_setscheduler`), the
+/// thread keeps the default policy and a `DEBUG` line says so. There is no
+/// switch to keep the default policy on Linux: under it the writer preempts
+/// the threads that feed it, which costs more than it saves wherever they
+/// share a core.
 pub(super) fn batch_scheduling() {
     #[cfg(target_os = "linux")]
     {

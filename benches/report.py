@@ -408,7 +408,13 @@ def main():
         for bench in sorted(micro):
             if bench.startswith("memory_store_claim_complete/"):
                 ops = [1e3 / ns for ns in micro[bench].values()]
-                lines.append(f"- `{bench}`: {cell(ops, 2)} million claim + complete per second")
+                what = "inserts" if bench.endswith("/bounded_set_insert") else "claim + complete"
+                lines.append(f"- `{bench}`: {cell(ops, 2)} million {what} per second")
+        g = "memory_store_claim_complete"
+        rt = micro_ratio(f"{g}/1_thread", f"{g}/bounded_set_insert")
+        if rt:
+            lines.append(f"- one thread: `MemoryStore` claim + complete time ÷ the twin's bounded-set insert time = "
+                         f"{rt[0]:.3f} ({rt[1]:.3f}–{rt[2]:.3f} per round)")
         if lines:
             w("\n".join(lines) + "\n")
         data = {b: list(micro[b].values()) for b in micro}

@@ -6,11 +6,16 @@
 //! completed id: the steady state of a long-running receiver. Ids are made
 //! before the clock starts.
 //!
+//! `bounded_set_insert` is the baseline: the hand-written twin's dedup set
+//! (`benches/support/bounded_set.rs`, one insert per fresh id, the oldest
+//! forgotten once it holds `MemoryStore::DEFAULT_CAPACITY` ids) behind a
+//! `Mutex`, on one thread, as the twin uses it.
+//!
 //! Run with `cargo bench --bench store`.
 
 use std::{
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -22,6 +27,10 @@ use klikit_webhook::{
     DedupStore, EventId, MemoryStore,
     store::{BodyDigest, Claim, Lease},
 };
+
+#[path = "support/bounded_set.rs"]
+mod bounded_set;
+use bounded_set::BoundedSet;
 
 const LEASE: Duration = Duration::from_secs(60);
 const RETAIN: Duration = Duration::from_secs(24 * 60 * 60);
@@ -77,6 +86,14 @@ fn store(c: &mut Criterion) {
         b.iter_batched(
             || ids(1).pop().unwrap(),
             |id| claim_complete(&single, &id),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    let set = Mutex::new(BoundedSet::with_capacity(MemoryStore::DEFAULT_CAPACITY));
+    group.bench_function("bounded_set_insert", |b| {
+        b.iter_batched(
+            || ids(1).pop().unwrap(),
+            |id| assert!(set.lock().unwrap().insert(id.as_str()), "fresh id was not new"),
             criterion::BatchSize::SmallInput,
         )
     });

@@ -237,6 +237,11 @@ impl KlikitWebhookLayer {
 
     /// How long the whole body may take to arrive (default
     /// [`DEFAULT_BODY_TIMEOUT`](Self::DEFAULT_BODY_TIMEOUT)); later gets 408.
+    ///
+    /// The time counts from the first moment the layer has to wait for the
+    /// body; what had already arrived when the layer started reading took no
+    /// waiting (and so no timer is started for a body that arrived whole
+    /// with its headers).
     pub fn with_body_timeout(mut self, timeout: Duration) -> Self {
         self.config_mut().body_timeout = timeout;
         self
@@ -258,6 +263,9 @@ impl KlikitWebhookLayer {
 
     /// The timeout of each store operation (default
     /// [`DEFAULT_STORE_TIMEOUT`](Self::DEFAULT_STORE_TIMEOUT)).
+    ///
+    /// It counts from the operation's first poll: a store that answers at
+    /// that poll (the in-memory store) never starts a timer.
     pub fn with_store_timeout(mut self, timeout: Duration) -> Self {
         self.config_mut().store_timeout = timeout;
         self

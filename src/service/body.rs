@@ -59,8 +59,8 @@ impl<B: Body> IncomingBody<B> {
             return;
         }
         let body = pin!(self.body);
-        let sleep = pin!(tokio::time::sleep(self.timeout));
-        drain(body, sleep).await;
+        let mut deadline = Deadline::new(self.timeout);
+        drain(body, &mut deadline).await;
     }
 
     /// Reads the whole body, at most `limit` bytes within `timeout`, feeding
@@ -78,12 +78,12 @@ impl<B: Body> IncomingBody<B> {
             return Err(RejectionKind::PayloadTooLarge { limit });
         }
         let mut body = pin!(self.body);
-        let mut sleep = pin!(tokio::time::sleep(self.timeout));
+        let mut deadline = Deadline::new(self.timeout);
         let mut first: Option<Bytes> = None;
         let mut gathered: Option<BytesMut> = None;
         let mut total = 0usize;
         loop {
-            let frame = match poll_fn(|cx| next_frame(body.as_mut(), sleep.as_mut(), cx)).await {
+            let frame = match poll_fn(|cx| next_frame(body.as_mut(), &mut deadline, cx)).await {
                 Next::Frame(frame) => frame,
                 Next::End => break,
                 Next::Error => return Err(RejectionKind::BodyRead),
@@ -95,7 +95,7 @@ impl<B: Body> IncomingBody<B> {
             let len = data.remaining();
             total = total.saturating_add(len);
             if total > limit {
-                drain(body, sleep).await;
+                drain(body, &mut deadline).await;
                 return Err(RejectionKind::PayloadTooLarge { limit });
             }
             let chunk = data.copy_to_bytes(len);
@@ -138,30 +138,54 @@ enum Next<D> {
     TimedOut,
 }
 
-fn next_frame<B: Body>(
-    body: Pin<&mut B>,
-    sleep: Pin<&mut tokio::time::Sleep>,
-    cx: &mut Context<'_>,
-) -> Poll<Next<B::Data>> {
-    // The body first: a body that is already buffered never arms the timer.
+/// The body's time limit, started the first time the body makes the layer
+/// wait. A body that is already buffered when it is read (a small delivery
+/// usually arrives in the same read as its headers) so costs no clock
+/// reading and no timer; frames that were ready before the first wait took
+/// no time, so the limit still bounds how long the sender can make the layer
+/// wait, from its first wait on.
+struct Deadline {
+    timeout: Duration,
+    /// Boxed so that `Deadline` is `Unpin`: the box is only made on the
+    /// slow path, when the layer has to wait for the body anyway.
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Deadline {
+    fn new(timeout: Duration) -> Self {
+        Self { timeout, sleep: None }
+    }
+
+    /// Polls the timer, starting it on the first call.
+    fn poll_elapsed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let timeout = self.timeout;
+        self.sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)))
+            .as_mut()
+            .poll(cx)
+    }
+}
+
+fn next_frame<B: Body>(body: Pin<&mut B>, deadline: &mut Deadline, cx: &mut Context<'_>) -> Poll<Next<B::Data>> {
+    // The body first: a body that is already buffered never starts the timer.
     match body.poll_frame(cx) {
         Poll::Ready(Some(Ok(frame))) => return Poll::Ready(Next::Frame(frame)),
         Poll::Ready(Some(Err(_))) => return Poll::Ready(Next::Error),
         Poll::Ready(None) => return Poll::Ready(Next::End),
         Poll::Pending => {}
     }
-    match sleep.poll(cx) {
+    match deadline.poll_elapsed(cx) {
         Poll::Ready(()) => Poll::Ready(Next::TimedOut),
         Poll::Pending => Poll::Pending,
     }
 }
 
-/// Reads and discards up to [`DRAIN_LIMIT`] bytes of `body` before `sleep`
-/// ends: the one place that drains.
-async fn drain<B: Body>(mut body: Pin<&mut B>, mut sleep: Pin<&mut tokio::time::Sleep>) {
+/// Reads and discards up to [`DRAIN_LIMIT`] bytes of `body` before the
+/// deadline: the one place that drains.
+async fn drain<B: Body>(mut body: Pin<&mut B>, deadline: &mut Deadline) {
     let mut drained = 0usize;
     while drained <= DRAIN_LIMIT {
-        match poll_fn(|cx| next_frame(body.as_mut(), sleep.as_mut(), cx)).await {
+        match poll_fn(|cx| next_frame(body.as_mut(), deadline, cx)).await {
             Next::Frame(frame) => {
                 if let Some(data) = frame.data_ref() {
                     drained = drained.saturating_add(data.remaining());

@@ -12,7 +12,13 @@
 //! Completion retries and releases in the background live in
 //! [`background`](super::background).
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::{Future, poll_fn},
+    pin::pin,
+    sync::Arc,
+    task::Poll,
+    time::Duration,
+};
 
 use bytes::Bytes;
 use tokio::time::Instant;
@@ -210,10 +216,19 @@ fn signature_key(signature: &[u8; 32]) -> EventId {
     }
 }
 
+/// Runs a store operation within `timeout`.
+///
+/// The operation is polled once before the timer exists: a store that
+/// answers at once (the in-memory store, a cached answer) costs no clock
+/// reading and no timer. The timeout then counts from that first poll.
 pub(super) async fn with_timeout<T>(
     timeout: Duration,
     operation: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
+    let mut operation = pin!(operation);
+    if let Poll::Ready(result) = poll_fn(|cx| Poll::Ready(operation.as_mut().poll(cx))).await {
+        return result;
+    }
     match tokio::time::timeout(timeout, operation).await {
         Ok(result) => result,
         Err(_) => Err(StoreError::Timeout(timeout)),

@@ -1,7 +1,7 @@
 //! An in-process [`DedupStore`].
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, VecDeque, hash_map::Entry},
     fmt,
     hash::BuildHasher,
     sync::{Mutex, MutexGuard},
@@ -59,7 +59,8 @@ struct Shard {
     /// Where each id's state is: an entry of `leases` or of `done`.
     records: HashMap<EventId, Record, RandomState>,
     /// Claims in the order they were made, to forget expired ones. An entry
-    /// stays until it reaches the front, also after its claim ended.
+    /// stays until it reaches the front, also after its claim ended (it is
+    /// then marked `ended`, so that the front is dropped without a lookup).
     leases: VecDeque<LeaseEntry>,
     /// The sequence number of `leases[0]`.
     leases_base: u64,
@@ -96,6 +97,9 @@ struct LeaseEntry {
     deadline: u64,
     id: EventId,
     token: Token,
+    /// The claim was completed or released: the id's record no longer
+    /// points here, and the entry only waits to reach the front.
+    ended: bool,
 }
 
 /// A completed record: its deadline and the processed body's digest.
@@ -218,18 +222,15 @@ impl Shard {
         }
     }
 
-    /// Whether `id` is an in-flight claim with `token`.
-    fn holds(&self, id: &EventId, token: Token) -> bool {
-        matches!(self.state(id), Some(State::InFlight { token: held, .. }) if held == token)
-    }
-
-    /// Removes `id`'s record if it points to `record`.
-    fn forget_if(&mut self, id: &EventId, record: Record) -> bool {
-        let current = self.records.get(id) == Some(&record);
-        if current {
-            self.records.remove(id);
+    /// Removes `id`'s record if it points to `record`; one lookup.
+    fn forget_if(&mut self, id: EventId, record: Record) -> bool {
+        match self.records.entry(id) {
+            Entry::Occupied(entry) if *entry.get() == record => {
+                entry.remove();
+                true
+            }
+            _ => false,
         }
-        current
     }
 
     /// Forgets expired claims and records at the front of both queues.
@@ -239,19 +240,23 @@ impl Shard {
     /// would have expired: it could only ever be a no-op, and keeping it
     /// would hold a copy of the id (and the queue slot) for the whole lease,
     /// so that a busy receiver's queue grew with its rate times the lease,
-    /// beyond the store's capacity.
+    /// beyond the store's capacity. Such entries are marked when their claim
+    /// ends, so dropping them costs no map lookup; neither does finding that
+    /// the front is a live claim. A lease entry that is not marked and not
+    /// current was claimed again after it expired, so it is expired too.
     fn purge(&mut self, now: u64) {
         while let Some(front) = self.leases.front() {
-            let record = Record::lease(self.leases_base);
-            let current = self.records.get(&front.id) == Some(&record);
-            if front.deadline > now && current {
+            if !front.ended && front.deadline > now {
                 break;
             }
+            let record = Record::lease(self.leases_base);
             let Some(expired) = self.leases.pop_front() else {
                 break;
             };
             self.leases_base += 1;
-            self.forget_if(&expired.id, record);
+            if !expired.ended {
+                self.forget_if(expired.id, record);
+            }
         }
         while let Some(front) = self.done.front() {
             if front.deadline > now {
@@ -267,7 +272,26 @@ impl Shard {
         let record = Record::done(self.done_base);
         let oldest = self.done.pop_front()?;
         self.done_base += 1;
-        Some(self.forget_if(&oldest.id, record))
+        Some(self.forget_if(oldest.id, record))
+    }
+
+    /// Ends the in-flight claim of `id` if it holds `token`: marks its lease
+    /// entry ended and returns the entry's sequence number, with the record
+    /// to update (complete) or remove (release). One lookup.
+    fn end_claim(&mut self, id: &EventId, token: Token) -> Option<(u64, &mut Record)> {
+        let record = self.records.get_mut(id)?;
+        if record.0 & DONE_BIT != 0 {
+            return None;
+        }
+        let seq = record.0;
+        let entry = self
+            .leases
+            .get_mut(usize::try_from(seq.checked_sub(self.leases_base)?).ok()?)?;
+        if entry.token != token {
+            return None;
+        }
+        entry.ended = true;
+        Some((seq, record))
     }
 
     /// Makes room for one more id by evicting the oldest completed record.
@@ -289,7 +313,8 @@ impl DedupStore for MemoryStore {
         let now = self.now();
         let mut shard = self.shard(event_id);
         shard.purge(now);
-        match shard.state(event_id) {
+        let state = shard.state(event_id);
+        match state {
             Some(State::Done { deadline, digest }) if deadline > now => {
                 return Ok(Claim::Done { digest: Some(digest) });
             }
@@ -304,7 +329,7 @@ impl DedupStore for MemoryStore {
             }
             _ => {}
         }
-        let is_new_key = !shard.records.contains_key(event_id);
+        let is_new_key = state.is_none();
         if is_new_key && shard.records.len() >= self.shard_capacity && !shard.evict_oldest_done() {
             return Err(StoreError::Full {
                 capacity: self.capacity,
@@ -315,6 +340,7 @@ impl DedupStore for MemoryStore {
             deadline: now.saturating_add(millis(ttl)),
             id: event_id.clone(),
             token,
+            ended: false,
         });
         shard.records.insert(event_id.clone(), Record::lease(seq));
         Ok(Claim::New)
@@ -325,16 +351,16 @@ impl DedupStore for MemoryStore {
         let now = self.now();
         let mut shard = self.shard(lease.event_id());
         shard.purge(now);
-        if !shard.holds(lease.event_id(), token) {
-            return Ok(false);
-        }
         let seq = shard.done_base + shard.done.len() as u64;
+        let Some((_, record)) = shard.end_claim(lease.event_id(), token) else {
+            return Ok(false);
+        };
+        *record = Record::done(seq);
         shard.done.push_back(DoneEntry {
             deadline: now.saturating_add(millis(retain)),
             id: lease.event_id().clone(),
             digest,
         });
-        shard.records.insert(lease.event_id().clone(), Record::done(seq));
         Ok(true)
     }
 
@@ -343,7 +369,7 @@ impl DedupStore for MemoryStore {
         let now = self.now();
         let mut shard = self.shard(lease.event_id());
         shard.purge(now);
-        let held = shard.holds(lease.event_id(), token);
+        let held = shard.end_claim(lease.event_id(), token).is_some();
         if held {
             shard.records.remove(lease.event_id());
         }
@@ -358,6 +384,43 @@ mod tests {
     #[test]
     fn a_record_is_8_bytes() {
         assert_eq!(std::mem::size_of::<Record>(), 8);
+    }
+
+    /// The lease entries of finished claims: how many are still queued.
+    fn queued_lease_entries(store: &MemoryStore) -> usize {
+        store.shards.iter().map(|shard| lock(shard).leases.len()).sum()
+    }
+
+    #[tokio::test]
+    async fn finished_claims_leave_no_lease_entry_behind_while_their_leases_last() {
+        let store = MemoryStore::with_capacity(4096);
+        let long = Duration::from_secs(3600);
+        for n in 0..1000 {
+            let lease = Lease::generate(EventId::new(format!("evt-{n}")).unwrap());
+            assert_eq!(store.claim(&lease, long).await.unwrap(), Claim::New);
+            if n % 2 == 0 {
+                assert!(store.complete(&lease, BodyDigest::of(b"{}"), long).await.unwrap());
+            } else {
+                assert!(store.release(&lease).await.unwrap());
+            }
+        }
+        // Each operation purges its shard's front: only the entries of the
+        // last operations of each shard may wait (none here: every entry
+        // ahead of them had ended, and so had they).
+        let queued = queued_lease_entries(&store);
+        assert!(
+            queued <= SHARDS,
+            "{queued} lease entries still queued for 1000 finished claims"
+        );
+        // One claim still held keeps its entry, and its record.
+        let held = Lease::generate(EventId::new("held").unwrap());
+        assert_eq!(store.claim(&held, long).await.unwrap(), Claim::New);
+        assert!(queued_lease_entries(&store) >= 1);
+        let other = Lease::generate(EventId::new("held").unwrap());
+        assert!(matches!(
+            store.claim(&other, long).await.unwrap(),
+            Claim::InFlight { .. }
+        ));
     }
 
     #[tokio::test]

@@ -391,6 +391,10 @@ def main():
             if rt:
                 lines.append(f"- verify {size}: `Verifier` time ÷ pre-keyed HMAC time = {rt[0]:.3f} "
                              f"({rt[1]:.3f}–{rt[2]:.3f} per round)")
+        rt = micro_ratio("body_digest_1KiB/sha256", "body_digest_1KiB/xxh3_128")
+        if rt:
+            lines.append(f"- body digest, 1 KiB: SHA-256 time ÷ `BodyDigest::of` (XXH3-128) time = {rt[0]:.2f} "
+                         f"({rt[1]:.2f}–{rt[2]:.2f} per round)")
         v = micro.get("verify/verifier/1MiB")
         if v:
             mbps = [(1 << 20) / ns * 1e3 for ns in v.values()]

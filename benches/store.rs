@@ -51,7 +51,7 @@ fn claim_complete(store: &MemoryStore, id: &EventId) {
     let Claim::New = claim else {
         panic!("fresh id was not new")
     };
-    let digest = BodyDigest::from_bytes([7; 32]);
+    let digest = BodyDigest::from_bytes([7; BodyDigest::LEN]);
     assert!(store.complete(&lease, digest, RETAIN).now_or_never().unwrap().unwrap());
 }
 

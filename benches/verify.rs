@@ -6,6 +6,10 @@
 //! clones the keyed state, decodes the 64 hex digits of the signature, feeds
 //! the body and compares in constant time (`verify_slice`).
 //!
+//! `body_digest` measures the digest the layer stores with each completed
+//! event ([`BodyDigest::of`], XXH3-128) against SHA-256 of the same 1 KiB
+//! body, the digest it replaced (see the store docs, "The body digest").
+//!
 //! Run with `cargo bench --bench verify`; `bash benches/run.sh` runs it in
 //! every round and `benches/report.py` turns the estimates into ratios.
 
@@ -16,8 +20,9 @@ use hmac::{Hmac, KeyInit, Mac};
 use klikit_webhook::{
     WebhookSecret,
     signature::{Verifier, sign},
+    store::BodyDigest,
 };
-use sha2::Sha256;
+use sha2::{Digest as _, Sha256};
 
 const SECRET: &str = "bench-secret-0123456789abcdef0123456789";
 const SIZES: [(usize, &str); 4] = [(64, "64B"), (1024, "1KiB"), (16 * 1024, "16KiB"), (1024 * 1024, "1MiB")];
@@ -55,6 +60,13 @@ fn verification(c: &mut Criterion) {
             b.iter(|| hmac_prekeyed(black_box(&keyed), black_box(body), black_box(signature.as_bytes())))
         });
     }
+    group.finish();
+
+    let body = body(1024);
+    let mut group = c.benchmark_group("body_digest_1KiB");
+    group.throughput(Throughput::Bytes(1024));
+    group.bench_function("xxh3_128", |b| b.iter(|| BodyDigest::of(black_box(&body))));
+    group.bench_function("sha256", |b| b.iter(|| Sha256::digest(black_box(&body))));
     group.finish();
 }
 

@@ -172,7 +172,7 @@
 //! Someone holding one captured, signed body can send it under an id Klikit
 //! has not used yet; when Klikit later delivers a real event under that id,
 //! the layer answers `duplicate-ignored` and the real event is not processed.
-//! The layer keeps a SHA-256 digest of each processed body with its id, and a
+//! The layer keeps a digest (XXH3-128) of each processed body with its id, and a
 //! copy whose body differs is still answered as a duplicate (so Klikit stops
 //! retrying) but logged at `WARN` and counted under its own outcome,
 //! `duplicate_body_mismatch`, so an operator sees it. The attack needs the

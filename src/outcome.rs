@@ -78,7 +78,7 @@ outcomes! {
     /// The event was already processed: `200 {"status":"duplicate-ignored"}`.
     Duplicate => "duplicate",
     /// The event id was already processed, but with another body (compared
-    /// by the SHA-256 digest the store keeps with each completed id): still
+    /// by the digest the store keeps with each completed id): still
     /// `200 {"status":"duplicate-ignored"}`, logged at `WARN`. The event id
     /// is not signed, so one of the two bodies was sent under an id it was
     /// not signed for: see [the body digest](crate::store#the-body-digest).

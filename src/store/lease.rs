@@ -46,28 +46,52 @@ impl Lease {
     }
 }
 
-/// The SHA-256 digest of a processed body, stored with each completed event
-/// id (see [the body digest](crate::store#the-body-digest)).
+/// The XXH3-128 digest of a processed body, stored with each completed event
+/// id (see [the body digest](crate::store#the-body-digest), which also says
+/// why a fast non-cryptographic hash is enough).
 ///
 /// A digest is not secret (it reveals nothing a captured body does not), so
 /// `Debug` and `Display` show it in hex.
+///
+/// ```
+/// use klikit_webhook::store::BodyDigest;
+///
+/// let digest = BodyDigest::of(b"{}");
+/// assert_eq!(digest, BodyDigest::of(b"{}"));
+/// assert_ne!(digest, BodyDigest::of(b"{ }"));
+/// // Stored as its 16 bytes; a value of another length (such as the 32-byte
+/// // SHA-256 digests of earlier versions) is not a digest.
+/// assert_eq!(BodyDigest::from_slice(digest.as_bytes()), Some(digest));
+/// assert_eq!(BodyDigest::from_slice(&[0; 32]), None);
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct BodyDigest([u8; 32]);
+pub struct BodyDigest([u8; BodyDigest::LEN]);
 
 impl BodyDigest {
-    /// The digest of `body`, the raw bytes as received.
+    /// The length of a digest in bytes.
+    pub const LEN: usize = 16;
+
+    /// The digest of `body`, the raw bytes as received: its XXH3-128 hash
+    /// (unseeded, big-endian), the value `xxh128sum` prints.
     pub fn of(body: &[u8]) -> Self {
-        use sha2::Digest as _;
-        Self(sha2::Sha256::digest(body).into())
+        Self(xxhash_rust::xxh3::xxh3_128(body).to_be_bytes())
     }
 
     /// Rebuilds a digest read back from a backend.
-    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+    pub const fn from_bytes(bytes: [u8; Self::LEN]) -> Self {
         Self(bytes)
     }
 
-    /// The 32 bytes of the digest.
-    pub const fn as_bytes(&self) -> &[u8; 32] {
+    /// Rebuilds a digest read back from a backend as a byte string; `None`
+    /// unless it is [`LEN`](Self::LEN) bytes long, so that a value written
+    /// by an earlier version (a 32-byte SHA-256 digest) reads as no digest
+    /// rather than as the digest of a different body.
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        <[u8; Self::LEN]>::try_from(bytes).ok().map(Self)
+    }
+
+    /// The 16 bytes of the digest.
+    pub const fn as_bytes(&self) -> &[u8; Self::LEN] {
         &self.0
     }
 }

@@ -39,17 +39,30 @@
 //!
 //! # The body digest
 //!
-//! [`complete`](DedupStore::complete) stores the SHA-256 [`BodyDigest`] of
-//! the processed body with the id, and a claim of a completed id returns it
-//! in [`Claim::Done`]. The event id is not signed: someone holding one
+//! [`complete`](DedupStore::complete) stores the [`BodyDigest`] of the
+//! processed body (its XXH3-128 hash, 16 bytes) with the id, and a claim of
+//! a completed id returns it in [`Claim::Done`]. The event id is not signed: someone holding one
 //! captured signed body can send it under an id Klikit has not used yet, and
 //! Klikit's real delivery of that id is then a "duplicate". The layer still
 //! answers such a delivery as a duplicate, but when its body differs from the
 //! processed one it logs a warning and counts it under its own outcome,
 //! [`DuplicateBodyMismatch`](crate::DeliveryOutcome::DuplicateBodyMismatch),
 //! so an operator sees it. Records written without a digest (before a store
-//! was upgraded, or by `PostgresStore::complete_event_in`) answer
+//! was upgraded, or by `PostgresStore::complete_event_in`) or with a digest
+//! of another length (the SHA-256 digests of earlier versions) answer
 //! `Done { digest: None }` and are never reported as a mismatch.
+//!
+//! The digest only has to tell two bodies apart, never to resist someone
+//! choosing them: neither body of such a mismatch is the attacker's to
+//! choose (one is a captured signed body, which cannot change without
+//! breaking its signature; the other is Klikit's real, future delivery), and
+//! whoever can sign bodies needs no collision to do harm. So it is a fast
+//! non-cryptographic hash, not SHA-256: XXH3-128 hashes a 1 KiB body several
+//! times faster (`benches/verify.rs`, `body_digest_1KiB`; the figures are in
+//! `BENCHMARKS.md`), and every completed delivery and every duplicate pays
+//! for one. Two
+//! different bodies share a digest with probability 2<sup>-128</sup>, and
+//! then only the warning is missed: the answer is the same.
 //!
 //! # Backends
 //!
@@ -267,14 +280,12 @@ pub(crate) fn token_bytes(token: LeaseToken) -> [u8; 16] {
 
 /// The [`Claim`] a SQL claim statement's `RETURNING` row stands for: whether
 /// the row holds the caller's token, whether it is completed, the
-/// milliseconds left on it, and its digest (a stored value that is not 32
-/// bytes reads as none).
+/// milliseconds left on it, and its digest (a stored value that is not
+/// [`BodyDigest::LEN`] bytes reads as none).
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) fn claim_answer(ours: bool, done: bool, left_ms: i64, digest: Option<&[u8]>) -> Claim {
     if done {
-        let digest = digest
-            .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
-            .map(BodyDigest::from_bytes);
+        let digest = digest.and_then(BodyDigest::from_slice);
         Claim::Done { digest }
     } else if ours {
         Claim::New

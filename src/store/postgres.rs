@@ -32,7 +32,7 @@ use crate::{ConfigError, EventId};
 ///     token      bytea       NOT NULL,          -- the claim's 16-byte lease token
 ///     done       boolean     NOT NULL,          -- false: in flight; true: completed
 ///     expires_at timestamptz NOT NULL,          -- end of the lease, or of the retention
-///     digest     bytea                          -- SHA-256 of the processed body, once completed
+///     digest     bytea                          -- BodyDigest (16 bytes) of the processed body, once completed
 /// );
 /// CREATE INDEX IF NOT EXISTS "klikit_webhook_dedup_expires_at_idx"
 ///     ON "klikit_webhook_dedup" (expires_at);

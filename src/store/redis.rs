@@ -53,9 +53,10 @@ return 0
 /// One string key per event, `<prefix><event id>` (the prefix defaults to
 /// [`DEFAULT_PREFIX`](Self::DEFAULT_PREFIX)), whose value is `i:<token>`
 /// while a delivery holds the claim and `d:<token>:<digest>` once it
-/// completed (`<token>`: 32 hex digits; `<digest>`: the 64 hex digits of the
-/// processed body's [`BodyDigest`]). A value `d:<token>` written by an
-/// earlier version reads as `Claim::Done { digest: None }`. Redis expires
+/// completed (`<token>`: 32 hex digits; `<digest>`: the 32 hex digits of the
+/// processed body's [`BodyDigest`]). A value `d:<token>` or one with a
+/// 64-digit (SHA-256) digest, written by an earlier version, reads as
+/// `Claim::Done { digest: None }`. Redis expires
 /// the key with the lease, or with the retention once completed, so nothing
 /// needs cleaning up. Plan about 170 bytes of memory per retained event id.
 ///
@@ -179,10 +180,18 @@ fn done_value(token: LeaseToken, digest: BodyDigest) -> String {
 }
 
 /// The digest in a completed record's value `d:<token>:<digest>`; `None`
-/// for a value without one (`d:<token>`, written by an earlier version).
+/// for a value without one (`d:<token>`) or with a digest of another length
+/// (64 hex digits: SHA-256), both written by earlier versions.
 fn done_digest(value: &[u8]) -> Option<BodyDigest> {
-    let hex_digest = value.rsplit(|&b| b == b':').next().filter(|part| part.len() == 64)?;
-    let mut bytes = [0; 32];
+    // Three parts: `d:<token>` alone has a token as long as a digest.
+    let mut parts = value.splitn(3, |&b| b == b':');
+    let (Some(b"d"), Some(_token), Some(hex_digest)) = (parts.next(), parts.next(), parts.next()) else {
+        return None;
+    };
+    if hex_digest.len() != 2 * BodyDigest::LEN {
+        return None;
+    }
+    let mut bytes = [0; BodyDigest::LEN];
     hex::decode_to_slice(hex_digest, &mut bytes).ok()?;
     Some(BodyDigest::from_bytes(bytes))
 }
@@ -266,5 +275,7 @@ mod tests {
         assert_eq!(done_digest(done_value(token, digest).as_bytes()), Some(digest));
         assert_eq!(done_digest(format!("d:{token}").as_bytes()), None);
         assert_eq!(done_digest(b"d:"), None);
+        let sha256 = format!("d:{token}:{}", "ab".repeat(32));
+        assert_eq!(done_digest(sha256.as_bytes()), None);
     }
 }

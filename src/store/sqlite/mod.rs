@@ -124,7 +124,7 @@ use crate::ConfigError;
 ///     token      BLOB    NOT NULL,              -- the claim's 16-byte lease token
 ///     done       INTEGER NOT NULL,              -- 0: in flight; 1: completed
 ///     expires_at INTEGER NOT NULL,              -- unix milliseconds
-///     digest     BLOB                           -- SHA-256 of the processed body, once completed
+///     digest     BLOB                           -- BodyDigest (16 bytes) of the processed body, once completed
 /// ) WITHOUT ROWID;
 /// CREATE INDEX IF NOT EXISTS "klikit_webhook_dedup_expires_at_idx"
 ///     ON "klikit_webhook_dedup" (expires_at);

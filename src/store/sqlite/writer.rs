@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use super::{Error, Statements};
 use crate::{
     EventId,
-    store::{Claim, claim_answer},
+    store::{BodyDigest, Claim, claim_answer},
 };
 
 /// The most dedup operations one transaction runs.
@@ -56,7 +56,7 @@ pub(super) enum Kind {
     },
     Complete {
         retain_ms: i64,
-        digest: [u8; 32],
+        digest: [u8; BodyDigest::LEN],
         reply: oneshot::Sender<Result<bool, Error>>,
     },
     Release {

@@ -430,3 +430,18 @@ impl StoreError {
         Self::Backend(error.into())
     }
 }
+
+#[cfg(all(test, any(feature = "postgres", feature = "sqlite")))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_digest_of_another_length_reads_as_none() {
+        let digest = BodyDigest::of(b"{}");
+        let done = |stored: Option<&[u8]>| claim_answer(false, true, 0, stored);
+        assert_eq!(done(Some(digest.as_bytes())), Claim::Done { digest: Some(digest) });
+        // A 32-byte SHA-256 digest written by an earlier version, and none.
+        assert_eq!(done(Some(&[7; 32])), Claim::Done { digest: None });
+        assert_eq!(done(None), Claim::Done { digest: None });
+    }
+}

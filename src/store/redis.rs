@@ -58,7 +58,9 @@ return 0
 /// 64-digit (SHA-256) digest, written by an earlier version, reads as
 /// `Claim::Done { digest: None }`. Redis expires
 /// the key with the lease, or with the retention once completed, so nothing
-/// needs cleaning up. Plan about 170 bytes of memory per retained event id.
+/// needs cleaning up. Plan about 170 bytes of memory per retained event id
+/// (estimated with the 64-digit digest of an earlier version; the value is
+/// 32 bytes shorter now, so this is an upper bound).
 ///
 /// # Operations
 ///

@@ -280,17 +280,20 @@ impl Schemes {
         self.0.iter().map(|scheme| scheme.name()).collect()
     }
 
-    /// The scheme that reads `headers`: the only one, the first that
-    /// recognizes them, or else the first (whose errors then name its headers).
-    pub(crate) fn select(&self, headers: &HeaderMap) -> &dyn Scheme {
-        let first = &self.0[0];
+    /// The index of the scheme that reads `headers`: the only one, the first
+    /// that recognizes them, or else the first (whose errors then name its
+    /// headers).
+    pub(crate) fn select_index(&self, headers: &HeaderMap) -> usize {
         if self.0.len() == 1 {
-            return first.as_ref();
+            return 0;
         }
-        self.0
-            .iter()
-            .find(|scheme| scheme.recognizes(headers))
-            .unwrap_or(first)
-            .as_ref()
+        self.0.iter().position(|scheme| scheme.recognizes(headers)).unwrap_or(0)
+    }
+
+    /// The scheme at `index`, an index [`select_index`](Self::select_index)
+    /// returned (so that a future can hold the index rather than a borrow of
+    /// the configuration it also holds); the first for any other.
+    pub(crate) fn get(&self, index: usize) -> &dyn Scheme {
+        self.0.get(index).unwrap_or(&self.0[0]).as_ref()
     }
 }

@@ -119,8 +119,59 @@ where
         // https://docs.rs/tower/latest/tower/trait.Service.html#be-careful-when-cloning-inner-services
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::new(handle(self.config.clone(), inner, request))
+        let started = crate::metrics::start();
+        let config = self.config.clone();
+        // What needs no waiting is done here, so that the future of an
+        // accepted delivery holds only what it needs across its awaits.
+        let (parts, body) = request.into_parts();
+        let body = IncomingBody::new(body, &parts.headers, config.body_limit, config.body_timeout);
+        let (scheme, delivery) = match admit_headers(&config, &parts) {
+            Ok(admitted) => admitted,
+            Err(kind) => return ResponseFuture::new(refuse(body, kind, started)),
+        };
+        let span = tracing::info_span!(
+            "klikit_webhook",
+            scheme = config.schemes.get(scheme).name(),
+            event_id = %delivery.id(),
+            event_type = %delivery.event_type(),
+        );
+        let delivered = deliver(config, scheme, inner, parts, body, delivery, started);
+        // A disabled span (the subscriber filters it out, or there is none)
+        // would only cost its wrapper.
+        if span.is_disabled() {
+            ResponseFuture::new(delivered)
+        } else {
+            ResponseFuture::new(delivered.instrument(span))
+        }
     }
+}
+
+/// The method and the scheme's headers: the delivery and the index of the
+/// scheme that read it, or why it is refused before its body is read.
+fn admit_headers(config: &Config, parts: &http::request::Parts) -> Result<(usize, Delivery), RejectionKind> {
+    if parts.method != http::Method::POST {
+        // Klikit POSTs every delivery: 405 before the headers are read.
+        return Err(RejectionKind::MethodNotAllowed {
+            method: parts.method.clone(),
+        });
+    }
+    let index = config.schemes.select_index(&parts.headers);
+    let scheme = config.schemes.get(index);
+    let delivery = scheme
+        .parse(&parts.headers)
+        .and_then(|delivery| refuse_reserved_id(config, scheme, delivery))?;
+    Ok((index, delivery))
+}
+
+/// Answers a delivery refused on its method or headers, once its body is
+/// read (and dropped) so the sender gets the answer, not a reset.
+async fn refuse<ReqBody: Body, ResBody: FromJson, E>(
+    body: IncomingBody<ReqBody>,
+    kind: RejectionKind,
+    started: crate::metrics::Started,
+) -> Result<Response<ResBody>, E> {
+    body.discard().await;
+    report::conclude(Ended::Refused(Refusal::Rejected { kind, cause: None }), started)
 }
 
 /// Why the layer answered a delivery itself, without the handler.
@@ -146,60 +197,6 @@ pub(crate) enum Ended<B, E> {
     Handled(Result<Response<B>, E>),
 }
 
-async fn handle<S, ReqBody, ResBody>(
-    config: Arc<Config>,
-    inner: S,
-    request: Request<ReqBody>,
-) -> Result<Response<ResBody>, S::Error>
-where
-    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>> + Send,
-    S::Future: Send,
-    S::Error: Send,
-    ReqBody: Body + Send,
-    ReqBody::Data: Send,
-    ResBody: FromJson,
-{
-    let started = crate::metrics::start();
-    let (parts, body) = request.into_parts();
-    let body = IncomingBody::new(body, &parts.headers, config.body_limit, config.body_timeout);
-    if parts.method != http::Method::POST {
-        // Klikit POSTs every delivery: 405 before the headers are read.
-        body.discard().await;
-        let kind = RejectionKind::MethodNotAllowed { method: parts.method };
-        return report::conclude(Ended::Refused(Refusal::Rejected { kind, cause: None }), started);
-    }
-    let scheme = config.schemes.select(&parts.headers);
-    let delivery = scheme
-        .parse(&parts.headers)
-        .and_then(|delivery| refuse_reserved_id(&config, scheme, delivery));
-    let delivery = match delivery {
-        Ok(delivery) => delivery,
-        Err(kind) => {
-            // Read (and drop) the body so the sender gets the answer, not a reset.
-            body.discard().await;
-            return report::conclude(Ended::Refused(Refusal::Rejected { kind, cause: None }), started);
-        }
-    };
-    let span = tracing::info_span!(
-        "klikit_webhook",
-        scheme = scheme.name(),
-        event_id = %delivery.id(),
-        event_type = %delivery.event_type(),
-    );
-    // A disabled span (the subscriber filters it out, or there is none)
-    // would only cost its wrapper: move and poll the work without it.
-    if span.is_disabled() {
-        let ended = process(&config, scheme, inner, parts, body, delivery).await;
-        return report::conclude(ended, started);
-    }
-    async {
-        let ended = process(&config, scheme, inner, parts, body, delivery).await;
-        report::conclude(ended, started)
-    }
-    .instrument(span)
-    .await
-}
-
 /// Signature dedup keys share the store with event ids; an id that looks
 /// like one is refused while signature deduplication is on.
 fn refuse_reserved_id(config: &Config, scheme: &dyn Scheme, delivery: Delivery) -> Result<Delivery, RejectionKind> {
@@ -212,62 +209,82 @@ fn refuse_reserved_id(config: &Config, scheme: &dyn Scheme, delivery: Delivery) 
     Ok(delivery)
 }
 
-async fn process<S, ReqBody, ResBody>(
-    config: &Arc<Config>,
-    scheme: &dyn Scheme,
+/// Reads and verifies the body, claims the event, runs the inner service
+/// and finishes the claim: the rest of an accepted delivery, as one future.
+///
+/// Written as a function returning an `async move` block rather than as an
+/// `async fn`: the block uses its captures in place, where an `async fn`
+/// would also copy each argument into a local, making the boxed future
+/// larger and moving more on every delivery.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would copy its arguments into its future (above)"
+)]
+fn deliver<S, ReqBody, ResBody>(
+    config: Arc<Config>,
+    scheme: usize,
     mut inner: S,
     mut parts: http::request::Parts,
     body: IncomingBody<ReqBody>,
     delivery: Delivery,
-) -> Ended<ResBody, S::Error>
+    started: crate::metrics::Started,
+) -> impl Future<Output = Result<Response<ResBody>, S::Error>>
 where
     S: Service<Request<Full<Bytes>>, Response = Response<ResBody>>,
     ReqBody: Body,
+    ResBody: FromJson,
 {
-    let rejected = |kind| Ended::Refused(Refusal::Rejected { kind, cause: None });
-    let verifier = match config.secrets.verifier_for(&delivery, config.store_timeout).await {
-        Ok(verifier) => verifier,
-        Err(error) => {
-            body.discard().await;
-            return Ended::Refused(Refusal::SecretsUnavailable(error));
-        }
-    };
-    let mut state = verify::start(&verifier, &delivery);
-    let bytes = match body.read(&mut state).await {
-        Ok(bytes) => bytes,
-        Err(kind) => return rejected(kind),
-    };
-    let verified = match verify::finish(state, scheme, &delivery, &bytes) {
-        Ok(verified) => verified,
-        Err(kind) => return rejected(kind),
-    };
-    tracing::trace!(secret_index = verified.secret_index, "signature verified");
+    async move {
+        let scheme = config.schemes.get(scheme);
+        let rejected = |kind| Ended::Refused(Refusal::Rejected { kind, cause: None });
+        let verifier = match config.secrets.verifier_for(&delivery, config.store_timeout).await {
+            Ok(verifier) => verifier,
+            Err(error) => {
+                body.discard().await;
+                return report::conclude(Ended::Refused(Refusal::SecretsUnavailable(error)), started);
+            }
+        };
+        let mut state = verify::start(&verifier, &delivery);
+        let bytes = match body.read(&mut state).await {
+            Ok(bytes) => bytes,
+            Err(kind) => return report::conclude(rejected(kind), started),
+        };
+        let verified = match verify::finish(state, scheme, &delivery, &bytes) {
+            Ok(verified) => verified,
+            Err(kind) => return report::conclude(rejected(kind), started),
+        };
+        tracing::trace!(secret_index = verified.secret_index, "signature verified");
 
-    let signature = delivery
-        .signatures()
-        .ok()
-        .and_then(|list| list.as_slice().first().copied());
-    let guard = match claim::admit(config, &verified.id, signature.as_ref(), &bytes).await {
-        Admission::Granted(guard) => guard,
-        Admission::Refused(refusal) => return Ended::Refused(refusal),
-    };
-
-    let (_, event_type) = delivery.into_id_and_type();
-    let event = KlikitEvent::new(verified.id, event_type, bytes.clone()).with_secret_index(verified.secret_index);
-    parts.extensions.insert(event);
-    if let Some(signature) = parts.headers.get_mut(scheme.signature_header()) {
-        signature.set_sensitive(true);
-    }
-    // The claim's completion digests the body; the handler gets its own handle.
-    let result = inner.call(Request::from_parts(parts, Full::new(bytes.clone()))).await;
-    if let Some(guard) = guard {
-        // Read the status now: the response itself need not be Sync.
-        let succeeded = result.as_ref().is_ok_and(|response| response.status().is_success());
-        if succeeded {
-            guard.complete(&bytes).await;
+        let signature = if config.dedup_on_signature {
+            delivery
+                .signatures()
+                .ok()
+                .and_then(|list| list.as_slice().first().copied())
         } else {
-            guard.release().await;
+            None
+        };
+        let guard = match claim::admit(&config, &verified.id, signature.as_ref(), &bytes).await {
+            Admission::Granted(guard) => guard,
+            Admission::Refused(refusal) => return report::conclude(Ended::Refused(refusal), started),
+        };
+
+        let (_, event_type) = delivery.into_id_and_type();
+        let event = KlikitEvent::new(verified.id, event_type, bytes.clone()).with_secret_index(verified.secret_index);
+        parts.extensions.insert(event);
+        if let Some(signature) = parts.headers.get_mut(scheme.signature_header()) {
+            signature.set_sensitive(true);
         }
+        // The claim's completion digests the body; the handler gets its own handle.
+        let result = inner.call(Request::from_parts(parts, Full::new(bytes.clone()))).await;
+        if let Some(guard) = guard {
+            // Read the status now: the response itself need not be Sync.
+            let succeeded = result.as_ref().is_ok_and(|response| response.status().is_success());
+            if succeeded {
+                guard.complete(&bytes).await;
+            } else {
+                guard.release().await;
+            }
+        }
+        report::conclude(Ended::Handled(result), started)
     }
-    Ended::Handled(result)
 }

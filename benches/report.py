@@ -385,25 +385,24 @@ def main():
             per = [micro[a][r] / micro[b][r] for r in rs]
             return med(list(micro[a].values())) / med(list(micro[b].values())), min(per), max(per)
 
+        def ratio_line(label, a, b, digits=3):
+            """A line "label = median ratio (min–max per round)", if both benches ran."""
+            rt = micro_ratio(a, b)
+            if rt:
+                lines.append(f"- {label} = {rt[0]:.{digits}f} ({rt[1]:.{digits}f}–{rt[2]:.{digits}f} per round)")
+
         lines = []
         for size in ["64B", "1KiB", "16KiB", "1MiB"]:
-            rt = micro_ratio(f"verify/verifier/{size}", f"verify/hmac_prekeyed/{size}")
-            if rt:
-                lines.append(f"- verify {size}: `Verifier` time ÷ pre-keyed HMAC time = {rt[0]:.3f} "
-                             f"({rt[1]:.3f}–{rt[2]:.3f} per round)")
-        rt = micro_ratio("body_digest_1KiB/sha256", "body_digest_1KiB/xxh3_128")
-        if rt:
-            lines.append(f"- body digest, 1 KiB: SHA-256 time ÷ `BodyDigest::of` (XXH3-128) time = {rt[0]:.2f} "
-                         f"({rt[1]:.2f}–{rt[2]:.2f} per round)")
+            ratio_line(f"verify {size}: `Verifier` time ÷ pre-keyed HMAC time",
+                       f"verify/verifier/{size}", f"verify/hmac_prekeyed/{size}")
+        ratio_line("body digest, 1 KiB: SHA-256 time ÷ `BodyDigest::of` (XXH3-128) time",
+                   "body_digest_1KiB/sha256", "body_digest_1KiB/xxh3_128", 2)
         v = micro.get("verify/verifier/1MiB")
         if v:
             mbps = [(1 << 20) / ns * 1e3 for ns in v.values()]
             lines.append(f"- verify 1 MiB: `Verifier` throughput {cell(mbps)} MB/s")
         g = "router_oneshot_1KiB"
-        rt = micro_ratio(f"{g}/layer_memory_store", f"{g}/by_hand")
-        if rt:
-            lines.append(f"- router, 1 KiB: layer + MemoryStore time ÷ by-hand time = {rt[0]:.3f} "
-                         f"({rt[1]:.3f}–{rt[2]:.3f} per round)")
+        ratio_line("router, 1 KiB: layer + MemoryStore time ÷ by-hand time", f"{g}/layer_memory_store", f"{g}/by_hand")
         a, b = micro.get(f"{g}/layer_memory_store"), micro.get(f"{g}/bare")
         if a and b:
             added = [a[r] - b[r] for r in sorted(set(a) & set(b))]
@@ -415,10 +414,8 @@ def main():
                 what = "inserts" if bench.endswith("/bounded_set_insert") else "claim + complete"
                 lines.append(f"- `{bench}`: {cell(ops, 2)} million {what} per second")
         g = "memory_store_claim_complete"
-        rt = micro_ratio(f"{g}/1_thread", f"{g}/bounded_set_insert")
-        if rt:
-            lines.append(f"- one thread: `MemoryStore` claim + complete time ÷ the twin's bounded-set insert time = "
-                         f"{rt[0]:.3f} ({rt[1]:.3f}–{rt[2]:.3f} per round)")
+        ratio_line("one thread: `MemoryStore` claim + complete time ÷ the twin's bounded-set insert time",
+                   f"{g}/1_thread", f"{g}/bounded_set_insert")
         if lines:
             w("\n".join(lines) + "\n")
         data = {b: list(micro[b].values()) for b in micro}

@@ -171,7 +171,12 @@ async fn refuse<ReqBody: Body, ResBody: FromJson, E>(
     started: crate::metrics::Started,
 ) -> Result<Response<ResBody>, E> {
     body.discard().await;
-    report::conclude(Ended::Refused(Refusal::Rejected { kind, cause: None }), started)
+    report::conclude(rejected(kind), started)
+}
+
+/// A delivery refused for `kind`, with no store error behind it.
+fn rejected<B, E>(kind: RejectionKind) -> Ended<B, E> {
+    Ended::Refused(Refusal::Rejected { kind, cause: None })
 }
 
 /// Why the layer answered a delivery itself, without the handler.
@@ -236,7 +241,6 @@ where
 {
     async move {
         let scheme = config.schemes.get(scheme);
-        let rejected = |kind| Ended::Refused(Refusal::Rejected { kind, cause: None });
         let verifier = match config.secrets.verifier_for(&delivery, config.store_timeout).await {
             Ok(verifier) => verifier,
             Err(error) => {

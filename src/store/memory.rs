@@ -196,6 +196,12 @@ fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
     shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// The index in a queue whose front has sequence number `base` of the entry
+/// numbered `seq`; `None` if it was popped already.
+fn slot(seq: u64, base: u64) -> Option<usize> {
+    usize::try_from(seq.checked_sub(base)?).ok()
+}
+
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
@@ -206,15 +212,13 @@ impl Shard {
         let record = self.records.get(id)?.0;
         let seq = record & !DONE_BIT;
         if record & DONE_BIT == 0 {
-            let entry = self
-                .leases
-                .get(usize::try_from(seq.checked_sub(self.leases_base)?).ok()?)?;
+            let entry = self.leases.get(slot(seq, self.leases_base)?)?;
             Some(State::InFlight {
                 deadline: entry.deadline,
                 token: entry.token,
             })
         } else {
-            let entry = self.done.get(usize::try_from(seq.checked_sub(self.done_base)?).ok()?)?;
+            let entry = self.done.get(slot(seq, self.done_base)?)?;
             Some(State::Done {
                 deadline: entry.deadline,
                 digest: entry.digest,
@@ -276,22 +280,19 @@ impl Shard {
     }
 
     /// Ends the in-flight claim of `id` if it holds `token`: marks its lease
-    /// entry ended and returns the entry's sequence number, with the record
-    /// to update (complete) or remove (release). One lookup.
-    fn end_claim(&mut self, id: &EventId, token: Token) -> Option<(u64, &mut Record)> {
+    /// entry ended and returns the record to update (complete) or remove
+    /// (release). One lookup.
+    fn end_claim(&mut self, id: &EventId, token: Token) -> Option<&mut Record> {
         let record = self.records.get_mut(id)?;
         if record.0 & DONE_BIT != 0 {
             return None;
         }
-        let seq = record.0;
-        let entry = self
-            .leases
-            .get_mut(usize::try_from(seq.checked_sub(self.leases_base)?).ok()?)?;
+        let entry = self.leases.get_mut(slot(record.0, self.leases_base)?)?;
         if entry.token != token {
             return None;
         }
         entry.ended = true;
-        Some((seq, record))
+        Some(record)
     }
 
     /// Makes room for one more id by evicting the oldest completed record.
@@ -352,7 +353,7 @@ impl DedupStore for MemoryStore {
         let mut shard = self.shard(lease.event_id());
         shard.purge(now);
         let seq = shard.done_base + shard.done.len() as u64;
-        let Some((_, record)) = shard.end_claim(lease.event_id(), token) else {
+        let Some(record) = shard.end_claim(lease.event_id(), token) else {
             return Ok(false);
         };
         *record = Record::done(seq);

@@ -397,6 +397,8 @@ def main():
                        f"verify/verifier/{size}", f"verify/hmac_prekeyed/{size}")
         ratio_line("body digest, 1 KiB: SHA-256 time ÷ `BodyDigest::of` (XXH3-128) time",
                    "body_digest_1KiB/sha256", "body_digest_1KiB/xxh3_128", 2)
+        ratio_line("typed payload, 1 KiB: `serde_json::from_slice` time ÷ `KlikitEvent::payload` time",
+                   "event_payload_1KiB/serde_json_from_slice", "event_payload_1KiB/klikit_event_payload")
         v = micro.get("verify/verifier/1MiB")
         if v:
             mbps = [(1 << 20) / ns * 1e3 for ns in v.values()]

@@ -10,6 +10,11 @@
 //! event ([`BodyDigest::of`], XXH3-128) against SHA-256 of the same 1 KiB
 //! body, the digest it replaced (see the store docs, "The body digest").
 //!
+//! `event_payload_1KiB` parses Klikit's `order_created` fixture (1 KiB) into
+//! the typed envelope: [`KlikitEvent::payload`], which checks the body is
+//! UTF-8 once and parses it as text, against `serde_json::from_slice`, what a
+//! hand-written receiver (and the twin of the load benchmark) calls.
+//!
 //! Run with `cargo bench --bench verify`; `bash benches/run.sh` runs it in
 //! every round and `benches/report.py` turns the estimates into ratios.
 
@@ -18,7 +23,8 @@ use std::hint::black_box;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use hmac::{Hmac, KeyInit, Mac};
 use klikit_webhook::{
-    WebhookSecret,
+    EventType, KlikitEvent, WebhookSecret, fixtures,
+    payload::OrderEnvelope,
     signature::{Verifier, sign},
     store::BodyDigest,
 };
@@ -67,6 +73,20 @@ fn verification(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(1024));
     group.bench_function("xxh3_128", |b| b.iter(|| BodyDigest::of(black_box(&body))));
     group.bench_function("sha256", |b| b.iter(|| Sha256::digest(black_box(&body))));
+    group.finish();
+
+    let body = fixtures::ORDER_CREATED.as_bytes();
+    let event = KlikitEvent::new("evt-bench".parse().unwrap(), EventType::OrderCreated, body.into());
+    assert_eq!(
+        format!("{:?}", event.payload().unwrap()),
+        format!("{:?}", serde_json::from_slice::<OrderEnvelope>(body).unwrap())
+    );
+    let mut group = c.benchmark_group("event_payload_1KiB");
+    group.throughput(Throughput::Bytes(body.len() as u64));
+    group.bench_function("klikit_event_payload", |b| b.iter(|| black_box(&event).payload()));
+    group.bench_function("serde_json_from_slice", |b| {
+        b.iter(|| serde_json::from_slice::<OrderEnvelope>(black_box(body)))
+    });
     group.finish();
 }
 

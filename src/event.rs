@@ -360,10 +360,34 @@ impl KlikitEvent {
 
     /// Parses the body as any JSON type.
     ///
+    /// The same result as `serde_json::from_slice(event.body())`, faster:
+    /// the body is checked to be UTF-8 once, as a whole, and then parsed as
+    /// text, where `from_slice` checks each string and object key on its
+    /// own (83 checks in the 1 KiB `order_created` fixture; the
+    /// `event_payload_1KiB` benchmark in `benches/verify.rs` measures the
+    /// difference). A body that is not UTF-8 is left to `from_slice`, so
+    /// that the error says where.
+    ///
+    /// ```
+    /// use klikit_webhook::{EventType, KlikitEvent};
+    ///
+    /// let event = KlikitEvent::new("evt-1".parse().unwrap(), EventType::OrderCreated, r#"{"brand_id": 7}"#.into());
+    /// let value: serde_json::Value = event.json().unwrap();
+    /// assert_eq!(value["brand_id"], 7);
+    ///
+    /// // Not UTF-8: the same error as `serde_json::from_slice` gives.
+    /// let event = KlikitEvent::new("evt-2".parse().unwrap(), EventType::OrderCreated, b"{\"a\": \"\xff\"}".to_vec().into());
+    /// let error = event.json::<serde_json::Value>().unwrap_err();
+    /// assert_eq!(error.to_string(), serde_json::from_slice::<serde_json::Value>(event.body()).unwrap_err().to_string());
+    /// ```
+    ///
     /// # Errors
     ///
     /// Returns the JSON error if the body does not deserialize into `T`.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
-        serde_json::from_slice(&self.body)
+        match std::str::from_utf8(&self.body) {
+            Ok(text) => serde_json::from_str(text),
+            Err(_) => serde_json::from_slice(&self.body),
+        }
     }
 }

@@ -438,6 +438,66 @@ fn any_body_in_any_frames_passes_and_a_flipped_bit_in_any_frame_fails() {
     });
 }
 
+/// `KlikitEvent::json` parses the body as text once it is known to be UTF-8;
+/// whatever the bytes, it must agree with `serde_json::from_slice`: the same
+/// value, or an error with the same message (line and column included).
+/// Bodies are Klikit's fixtures with up to 8 bytes replaced at random
+/// (which makes invalid UTF-8 inside and outside strings, broken syntax,
+/// and wrong types), plus arbitrary bytes.
+#[test]
+fn parsing_the_event_body_agrees_with_serde_json_from_slice() {
+    use klikit_webhook::payload::{OrderEnvelope, v1};
+    let fixtures: Vec<&[u8]> = [
+        klikit_webhook::fixtures::ORDER_CREATED,
+        klikit_webhook::fixtures::ORDER_STATUS_UPDATED,
+        klikit_webhook::fixtures::ORDER_CART_UPDATED,
+        v1::fixtures::ORDER_PLACED,
+    ]
+    .iter()
+    .map(|text| text.as_bytes())
+    .collect();
+    let mutated = (
+        proptest::sample::select(fixtures),
+        proptest::collection::vec((any::<Index>(), any::<u8>()), 0..8),
+    )
+        .prop_map(|(body, edits)| {
+            let mut body = body.to_vec();
+            for (at, byte) in edits {
+                let at = at.index(body.len());
+                body[at] = byte;
+            }
+            body
+        });
+    let bodies = prop_oneof![3 => mutated, 1 => body_strategy(0)];
+    fn same<T: std::fmt::Debug + PartialEq>(
+        ours: Result<T, serde_json::Error>,
+        theirs: Result<T, serde_json::Error>,
+    ) -> Result<(), TestCaseError> {
+        match (ours, theirs) {
+            (Ok(ours), Ok(theirs)) => prop_assert_eq!(ours, theirs),
+            (Err(ours), Err(theirs)) => prop_assert_eq!(ours.to_string(), theirs.to_string()),
+            (ours, theirs) => prop_assert!(false, "json() gave {ours:?}, from_slice gave {theirs:?}"),
+        }
+        Ok(())
+    }
+    check(bodies, |body| {
+        let event = KlikitEvent::new(
+            "evt-json".parse().unwrap(),
+            EventType::OrderCreated,
+            body.clone().into(),
+        );
+        same(event.json::<serde_json::Value>(), serde_json::from_slice(&body))?;
+        same(
+            event.payload().map(|envelope| format!("{envelope:?}")),
+            serde_json::from_slice::<OrderEnvelope>(&body).map(|envelope| format!("{envelope:?}")),
+        )?;
+        same(
+            event.v1_payload().map(|envelope| format!("{envelope:?}")),
+            serde_json::from_slice::<v1::Envelope>(&body).map(|envelope| format!("{envelope:?}")),
+        )
+    });
+}
+
 /// Counts the cases one property runs and prints the count, for the test
 /// below (which runs it in a child process with `PROPTEST_CASES` set).
 #[test]

@@ -2,7 +2,7 @@
 //! verifier frame by frame, and drained when the delivery is refused.
 
 use std::{
-    future::{Future, poll_fn},
+    future::poll_fn,
     pin::{Pin, pin},
     task::{Context, Poll},
     time::Duration,
@@ -12,6 +12,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::Body;
 
+use super::deadline::Deadline;
 use crate::{RejectionKind, signature::VerifyState};
 
 /// After a delivery is refused, up to this many bytes of its body are read
@@ -136,34 +137,6 @@ enum Next<D> {
     End,
     Error,
     TimedOut,
-}
-
-/// The body's time limit, started the first time the body makes the layer
-/// wait. A body that is already buffered when it is read (a small delivery
-/// usually arrives in the same read as its headers) so costs no clock
-/// reading and no timer; frames that were ready before the first wait took
-/// no time, so the limit still bounds how long the sender can make the layer
-/// wait, from its first wait on.
-struct Deadline {
-    timeout: Duration,
-    /// Boxed so that `Deadline` is `Unpin`: the box is only made on the
-    /// slow path, when the layer has to wait for the body anyway.
-    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl Deadline {
-    fn new(timeout: Duration) -> Self {
-        Self { timeout, sleep: None }
-    }
-
-    /// Polls the timer, starting it on the first call.
-    fn poll_elapsed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let timeout = self.timeout;
-        self.sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)))
-            .as_mut()
-            .poll(cx)
-    }
 }
 
 fn next_frame<B: Body>(body: Pin<&mut B>, deadline: &mut Deadline, cx: &mut Context<'_>) -> Poll<Next<B::Data>> {

@@ -12,6 +12,7 @@
 mod background;
 mod body;
 mod claim;
+mod deadline;
 mod future;
 mod report;
 mod verify;
@@ -39,7 +40,7 @@ use crate::{
     EventId, FromJson, InvalidEventId, KlikitEvent, KlikitWebhookLayer, RejectionKind,
     layer::Config,
     scheme::{Delivery, Scheme},
-    secrets::ResolveError,
+    secrets::{ResolveError, SecretSource},
     store::StoreError,
 };
 
@@ -241,14 +242,23 @@ where
 {
     async move {
         let scheme = config.schemes.get(scheme);
-        let verifier = match config.secrets.verifier_for(&delivery, config.store_timeout).await {
-            Ok(verifier) => verifier,
-            Err(error) => {
-                body.discard().await;
-                return report::conclude(Ended::Refused(Refusal::SecretsUnavailable(error)), started);
-            }
+        // Fixed secrets (the common case) are borrowed from the config: no
+        // lookup future to build, no reference count to touch.
+        let resolved;
+        let verifier = match &config.secrets {
+            SecretSource::Fixed(verifier) => &**verifier,
+            secrets => match secrets.verifier_for(&delivery, config.store_timeout).await {
+                Ok(verifier) => {
+                    resolved = verifier;
+                    &*resolved
+                }
+                Err(error) => {
+                    body.discard().await;
+                    return report::conclude(Ended::Refused(Refusal::SecretsUnavailable(error)), started);
+                }
+            },
         };
-        let mut state = verify::start(&verifier, &delivery);
+        let mut state = verify::start(verifier, &delivery);
         let bytes = match body.read(&mut state).await {
             Ok(bytes) => bytes,
             Err(kind) => return report::conclude(rejected(kind), started),

@@ -222,6 +222,38 @@ pub(crate) enum SecretSource {
     },
 }
 
+/// A verifier that has to be looked up: the delivery names a subscription
+/// and the secrets are resolved per subscription.
+pub(crate) struct Lookup<'a> {
+    resolver: &'a Arc<dyn SecretResolver>,
+    decoy: &'a Arc<Verifier>,
+    subscription: &'a str,
+}
+
+impl Lookup<'_> {
+    /// Asks the resolver, within `timeout`; the decoy for an unknown
+    /// subscription.
+    ///
+    /// # Errors
+    ///
+    /// The resolver failed or did not answer within `timeout`.
+    pub(crate) async fn resolve(self, timeout: Duration) -> Result<Arc<Verifier>, ResolveError> {
+        let subscription = self.subscription;
+        match tokio::time::timeout(timeout, self.resolver.resolve(subscription)).await {
+            Ok(Ok(Some(verifier))) => Ok(verifier),
+            Ok(Ok(None)) => {
+                tracing::debug!(
+                    subscription,
+                    "subscription has no secrets; refused as a wrong signature"
+                );
+                Ok(self.decoy.clone())
+            }
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(ResolveError::Timeout(timeout)),
+        }
+    }
+}
+
 impl SecretSource {
     /// Secrets looked up per subscription by `resolver`.
     pub(crate) fn resolved(resolver: Arc<dyn SecretResolver>) -> Self {
@@ -232,22 +264,17 @@ impl SecretSource {
         }
     }
 
-    /// The verifier for `delivery`'s secrets.
+    /// The verifier for `delivery`'s secrets, if no lookup is needed: the
+    /// fixed secrets; with secrets per subscription, the fallback for a
+    /// delivery that names no subscription (the decoy if there is none).
+    /// Otherwise the [`Lookup`] to await.
     ///
     /// A delivery whose secrets are unknown gets the decoy verifier, which
     /// does the same work and then refuses it like a wrong signature (401),
     /// so an unknown subscription is not told apart from a forgery.
-    ///
-    /// # Errors
-    ///
-    /// The resolver failed or did not answer within `timeout`.
-    pub(crate) async fn verifier_for(
-        &self,
-        delivery: &Delivery,
-        timeout: Duration,
-    ) -> Result<Arc<Verifier>, ResolveError> {
+    pub(crate) fn verifier_for<'a>(&'a self, delivery: &'a Delivery) -> Result<&'a Arc<Verifier>, Lookup<'a>> {
         let (resolver, decoy, fallback) = match self {
-            Self::Fixed(verifier) => return Ok(verifier.clone()),
+            Self::Fixed(verifier) => return Ok(verifier),
             Self::Resolved {
                 resolver,
                 decoy,
@@ -258,20 +285,13 @@ impl SecretSource {
             if fallback.is_none() {
                 tracing::debug!("delivery names no subscription; refused as a wrong signature");
             }
-            return Ok(fallback.as_ref().unwrap_or(decoy).clone());
+            return Ok(fallback.as_ref().unwrap_or(decoy));
         };
-        match tokio::time::timeout(timeout, resolver.resolve(subscription)).await {
-            Ok(Ok(Some(verifier))) => Ok(verifier),
-            Ok(Ok(None)) => {
-                tracing::debug!(
-                    subscription,
-                    "subscription has no secrets; refused as a wrong signature"
-                );
-                Ok(decoy.clone())
-            }
-            Ok(Err(error)) => Err(error),
-            Err(_) => Err(ResolveError::Timeout(timeout)),
-        }
+        Err(Lookup {
+            resolver,
+            decoy,
+            subscription,
+        })
     }
 
     /// How the secrets are found (for `Debug`; never the secrets).

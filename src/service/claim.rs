@@ -48,9 +48,10 @@ pub(super) enum Admission {
     Refused(Refusal),
 }
 
-/// Claims `id` and, with signature deduplication on, the key of the body's
-/// `signature` too; every lease taken is held by the returned guard. `body`
-/// is compared (by digest) with the processed body when the event is done.
+/// Claims `id` and, when given (the caller gives it only with signature
+/// deduplication on), the key of the body's `signature` too; every lease
+/// taken is held by the returned guard. `body` is compared (by digest) with
+/// the processed body when the event is done.
 pub(super) async fn admit(config: &Arc<Config>, id: &EventId, signature: Option<&[u8; 32]>, body: &Bytes) -> Admission {
     let mut guard = match claim(config, id, id).await {
         Decision::New(held) => ClaimGuard::new(config.clone(), held),
@@ -58,7 +59,7 @@ pub(super) async fn admit(config: &Arc<Config>, id: &EventId, signature: Option<
         Decision::Refused(refusal) => return Admission::Refused(refusal),
         Decision::Unclaimed => return Admission::Granted(None),
     };
-    if let Some(signature) = signature.filter(|_| config.dedup_on_signature) {
+    if let Some(signature) = signature {
         // The same signed body under another event id: a replay, or a
         // sender redelivering with a fresh id. Either way it was (being)
         // processed.

@@ -40,7 +40,7 @@ use crate::{
     EventId, FromJson, InvalidEventId, KlikitEvent, KlikitWebhookLayer, RejectionKind,
     layer::Config,
     scheme::{Delivery, Scheme},
-    secrets::{ResolveError, SecretSource},
+    secrets::ResolveError,
     store::StoreError,
 };
 
@@ -242,12 +242,13 @@ where
 {
     async move {
         let scheme = config.schemes.get(scheme);
-        // Fixed secrets (the common case) are borrowed from the config: no
-        // lookup future to build, no reference count to touch.
+        // A verifier at hand (fixed secrets, the common case) is borrowed
+        // from the config: no lookup future to build, no reference count to
+        // touch.
         let resolved;
-        let verifier = match &config.secrets {
-            SecretSource::Fixed(verifier) => &**verifier,
-            secrets => match secrets.verifier_for(&delivery, config.store_timeout).await {
+        let verifier = match config.secrets.verifier_for(&delivery) {
+            Ok(verifier) => &**verifier,
+            Err(lookup) => match lookup.resolve(config.store_timeout).await {
                 Ok(verifier) => {
                     resolved = verifier;
                     &*resolved

@@ -88,6 +88,12 @@ impl EventId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Whether both ids are equal; without reading either when they share
+    /// their allocation (a store comparing a lease's id with its own copy).
+    pub(crate) fn same_as(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
 }
 
 impl fmt::Debug for EventId {

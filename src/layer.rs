@@ -95,6 +95,7 @@ pub(crate) struct Config {
     pub(crate) store_failure: StoreFailurePolicy,
     pub(crate) dedup_on_signature: bool,
     pub(crate) background: Background,
+    pub(crate) metrics: crate::metrics::Handles,
 }
 
 impl KlikitWebhookLayer {
@@ -155,6 +156,7 @@ impl KlikitWebhookLayer {
                 store_failure: StoreFailurePolicy::FailClosed,
                 dedup_on_signature: false,
                 background: Background::new(),
+                metrics: crate::metrics::Handles::default(),
             }),
         }
     }

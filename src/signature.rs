@@ -60,7 +60,7 @@ pub const SIGNATURE_HEX_LEN: usize = 64;
 pub fn sign(secret: &[u8], body: &[u8]) -> String {
     let mut mac = keyed(secret);
     mac.update(body);
-    hex::encode(mac.finalize().into_bytes())
+    const_hex::encode(mac.finalize().into_bytes())
 }
 
 /// `HMAC-SHA256(secret, parts[0] || parts[1] || ...)`: the parts are fed
@@ -263,19 +263,47 @@ impl VerifyState {
 /// # Errors
 ///
 /// [`SignatureError::Malformed`] for anything else, including a `sha256=`
-/// prefix and surrounding whitespace.
+/// or `0x` prefix and surrounding whitespace.
 pub fn parse_signature(header: &[u8]) -> Result<[u8; 32], SignatureError> {
     if header.len() != SIGNATURE_HEX_LEN {
         return Err(SignatureError::Malformed);
     }
     let mut out = [0u8; 32];
-    hex::decode_to_slice(header, &mut out).map_err(|_| SignatureError::Malformed)?;
+    const_hex::decode_to_slice(header, &mut out).map_err(|_| SignatureError::Malformed)?;
     Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_signature_is_64_hex_digits_of_either_case_and_nothing_else() {
+        let digits = "0123456789abcdef".repeat(4);
+        let expected: [u8; 32] = std::array::from_fn(|i| [0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef][i % 8]);
+        assert_eq!(parse_signature(digits.as_bytes()), Ok(expected));
+        assert_eq!(parse_signature(digits.to_uppercase().as_bytes()), Ok(expected));
+        let bad = [
+            // `0x` and 62 digits is 64 bytes: the decoder's prefix handling
+            // must not make it 31 bytes of signature, nor pad it.
+            format!("0x{}", &digits[2..]),
+            format!("0X{}", &digits[2..]),
+            format!("0x{digits}"),
+            format!("sha256={digits}"),
+            format!(" {}", &digits[1..]),
+            format!("{}g", &digits[1..]),
+            digits[1..].to_string(),
+            format!("{digits}0"),
+            String::new(),
+        ];
+        for header in bad {
+            assert_eq!(
+                parse_signature(header.as_bytes()),
+                Err(SignatureError::Malformed),
+                "{header:?}"
+            );
+        }
+    }
 
     #[test]
     fn the_decoy_does_the_work_and_refuses_even_its_own_key() {

@@ -160,7 +160,7 @@ impl Scheme for KlikitV1 {
     fn sign(&self, secret: &WebhookSecret, outgoing: &Outgoing<'_>, headers: &mut HeaderMap) {
         let timestamp = outgoing.timestamp.to_string();
         let mac = mac_parts(secret.expose(), &[timestamp.as_bytes(), b".", outgoing.body]);
-        let signature = format!("t={timestamp},v1={}", hex::encode(mac));
+        let signature = format!("t={timestamp},v1={}", const_hex::encode(mac));
         insert_headers(
             headers,
             [

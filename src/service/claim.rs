@@ -52,8 +52,14 @@ pub(super) enum Admission {
 /// deduplication on), the key of the body's `signature` too; every lease
 /// taken is held by the returned guard. `body` is compared (by digest) with
 /// the processed body when the event is done.
-pub(super) async fn admit(config: &Arc<Config>, id: &EventId, signature: Option<&[u8; 32]>, body: &Bytes) -> Admission {
-    let mut guard = match claim(config, id, id).await {
+pub(super) async fn admit(
+    config: &Arc<Config>,
+    id: &EventId,
+    signature: Option<&[u8; 32]>,
+    body: &Bytes,
+    started: Instant,
+) -> Admission {
+    let mut guard = match claim(config, id, id, started).await {
         Decision::New(held) => ClaimGuard::new(config.clone(), held),
         Decision::Done(digest) => return Admission::Refused(duplicate(digest, body, id)),
         Decision::Refused(refusal) => return Admission::Refused(refusal),
@@ -63,7 +69,7 @@ pub(super) async fn admit(config: &Arc<Config>, id: &EventId, signature: Option<
         // The same signed body under another event id: a replay, or a
         // sender redelivering with a fresh id. Either way it was (being)
         // processed.
-        let refusal = match claim(config, &signature_key(signature), id).await {
+        let refusal = match claim(config, &signature_key(signature), id, started).await {
             Decision::New(held) => {
                 guard.replay_lease = Some(held);
                 None
@@ -98,9 +104,11 @@ enum Decision {
     Unclaimed,
 }
 
-/// A lease, and when the layer asked the store for it: the store's lease
+/// A lease, and when its delivery reached the layer: the store's lease
 /// cannot have started earlier, so `claimed_at + lease` is when the layer
-/// stops trying to finish it.
+/// stops trying to finish it (a little before the store's lease ends, by the
+/// time the body took to arrive and be verified: the safe side, and the
+/// clock is read once per delivery instead of once more per claim).
 #[derive(Clone)]
 pub(super) struct Held {
     pub(super) lease: Lease,
@@ -126,12 +134,13 @@ impl Held {
     }
 }
 
-/// Claims `key` for the delivery of `event_id`.
-async fn claim(config: &Arc<Config>, key: &EventId, event_id: &EventId) -> Decision {
+/// Claims `key` for the delivery of `event_id`, which reached the layer at
+/// `started`.
+async fn claim(config: &Arc<Config>, key: &EventId, event_id: &EventId, started: Instant) -> Decision {
     let held = Held {
         lease: Lease::generate(key.clone()),
         event_id: event_id.clone(),
-        claimed_at: Instant::now(),
+        claimed_at: started,
     };
     let pending = PendingClaim::arm(config, &held);
     let result = with_timeout(config.store_timeout, config.store.claim(&held.lease, config.lease)).await;
@@ -166,14 +175,15 @@ async fn claim(config: &Arc<Config>, key: &EventId, event_id: &EventId) -> Decis
 /// `Drop` releases its lease in the background.
 struct PendingClaim<'a> {
     config: &'a Arc<Config>,
-    armed: Option<Held>,
+    /// Borrowed: cloned only if it has to be released.
+    armed: Option<&'a Held>,
 }
 
 impl<'a> PendingClaim<'a> {
-    fn arm(config: &'a Arc<Config>, held: &Held) -> Self {
+    fn arm(config: &'a Arc<Config>, held: &'a Held) -> Self {
         Self {
             config,
-            armed: Some(held.clone()),
+            armed: Some(held),
         }
     }
 
@@ -187,7 +197,7 @@ impl Drop for PendingClaim<'_> {
     fn drop(&mut self) {
         if let Some(held) = self.armed.take() {
             tracing::debug!("klikit delivery dropped while its claim was on the way; releasing it in the background");
-            spawn_release(self.config, held, ReleaseUntil::Released);
+            spawn_release(self.config, held.clone(), ReleaseUntil::Released);
         }
     }
 }
@@ -211,7 +221,7 @@ fn release_unanswered(config: &Arc<Config>, held: Held, error: &StoreError) {
 fn signature_key(signature: &[u8; 32]) -> EventId {
     let mut key = String::with_capacity(SIGNATURE_KEY_PREFIX.len() + 64);
     key.push_str(SIGNATURE_KEY_PREFIX);
-    key.push_str(&hex::encode(signature));
+    key.push_str(&const_hex::encode(signature));
     match EventId::new(key) {
         Ok(key) => key,
         Err(_) => unreachable!("`sig:` and 64 hex digits are 68 visible ASCII bytes"),

@@ -128,7 +128,7 @@ where
         let body = IncomingBody::new(body, &parts.headers, config.body_limit, config.body_timeout);
         let (scheme, delivery) = match admit_headers(&config, &parts) {
             Ok(admitted) => admitted,
-            Err(kind) => return ResponseFuture::new(refuse(body, kind, started)),
+            Err(kind) => return ResponseFuture::new(refuse(config, body, kind, started)),
         };
         let span = tracing::info_span!(
             "klikit_webhook",
@@ -167,12 +167,13 @@ fn admit_headers(config: &Config, parts: &http::request::Parts) -> Result<(usize
 /// Answers a delivery refused on its method or headers, once its body is
 /// read (and dropped) so the sender gets the answer, not a reset.
 async fn refuse<ReqBody: Body, ResBody: FromJson, E>(
+    config: Arc<Config>,
     body: IncomingBody<ReqBody>,
     kind: RejectionKind,
     started: crate::metrics::Started,
 ) -> Result<Response<ResBody>, E> {
     body.discard().await;
-    report::conclude(rejected(kind), started)
+    report::conclude(rejected(kind), &config.metrics, started)
 }
 
 /// A delivery refused for `kind`, with no store error behind it.
@@ -255,18 +256,22 @@ where
                 }
                 Err(error) => {
                     body.discard().await;
-                    return report::conclude(Ended::Refused(Refusal::SecretsUnavailable(error)), started);
+                    return report::conclude(
+                        Ended::Refused(Refusal::SecretsUnavailable(error)),
+                        &config.metrics,
+                        started,
+                    );
                 }
             },
         };
         let mut state = verify::start(verifier, &delivery);
         let bytes = match body.read(&mut state).await {
             Ok(bytes) => bytes,
-            Err(kind) => return report::conclude(rejected(kind), started),
+            Err(kind) => return report::conclude(rejected(kind), &config.metrics, started),
         };
         let verified = match verify::finish(state, scheme, &delivery, &bytes) {
             Ok(verified) => verified,
-            Err(kind) => return report::conclude(rejected(kind), started),
+            Err(kind) => return report::conclude(rejected(kind), &config.metrics, started),
         };
         tracing::trace!(secret_index = verified.secret_index, "signature verified");
 
@@ -278,9 +283,9 @@ where
         } else {
             None
         };
-        let guard = match claim::admit(&config, &verified.id, signature.as_ref(), &bytes).await {
+        let guard = match claim::admit(&config, &verified.id, signature.as_ref(), &bytes, started).await {
             Admission::Granted(guard) => guard,
-            Admission::Refused(refusal) => return report::conclude(Ended::Refused(refusal), started),
+            Admission::Refused(refusal) => return report::conclude(Ended::Refused(refusal), &config.metrics, started),
         };
 
         let (_, event_type) = delivery.into_id_and_type();
@@ -300,6 +305,6 @@ where
                 guard.release().await;
             }
         }
-        report::conclude(Ended::Handled(result), started)
+        report::conclude(Ended::Handled(result), &config.metrics, started)
     }
 }

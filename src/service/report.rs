@@ -12,7 +12,11 @@ use crate::{
 };
 
 /// The one place a delivery's end is logged, counted and answered.
-pub(super) fn conclude<B: FromJson, E>(ended: Ended<B, E>, started: crate::metrics::Started) -> Result<Response<B>, E> {
+pub(super) fn conclude<B: FromJson, E>(
+    ended: Ended<B, E>,
+    metrics: &crate::metrics::Handles,
+    started: crate::metrics::Started,
+) -> Result<Response<B>, E> {
     let (outcome, result) = match ended {
         Ended::Refused(Refusal::Duplicate) => {
             log_outcome(DeliveryOutcome::Duplicate, None);
@@ -61,7 +65,7 @@ pub(super) fn conclude<B: FromJson, E>(ended: Ended<B, E>, started: crate::metri
             (DeliveryOutcome::HandlerFailed, Err(error))
         }
     };
-    crate::metrics::record(outcome, started);
+    crate::metrics::record(metrics, outcome, started);
     result
 }
 

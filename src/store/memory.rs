@@ -1,7 +1,7 @@
 //! An in-process [`DedupStore`].
 
 use std::{
-    collections::{HashMap, VecDeque, hash_map::Entry},
+    collections::VecDeque,
     fmt,
     hash::BuildHasher,
     sync::{Mutex, MutexGuard},
@@ -13,6 +13,11 @@ use async_trait::async_trait;
 // their signature verified, so an attacker cannot choose them to force
 // collisions, and hashing is a visible share of the store's time.
 use foldhash::fast::RandomState;
+// The raw table under std's `HashMap`, used directly so that an id is hashed
+// once per operation (the same hash picks the shard and the bucket) and an
+// expired or evicted record is found by its stored hash and its record value,
+// without hashing or comparing its id again.
+use hashbrown::HashTable;
 
 use super::{BodyDigest, Claim, DedupStore, Lease, LeaseToken, Result, StoreError};
 use crate::EventId;
@@ -24,7 +29,7 @@ const SHARDS: usize = 16;
 /// The in-memory dedup store: the layer's default.
 ///
 /// Claims, completions and releases are atomic (a mutex per shard, held for a
-/// hash-map operation and never across an `.await`) and O(1) amortised.
+/// hash-table operation and never across an `.await`) and O(1) amortised.
 /// Expired leases and records are forgotten in the order they were written,
 /// a little at every operation, so memory does not grow with time.
 ///
@@ -54,10 +59,27 @@ pub struct MemoryStore {
     epoch: Instant,
 }
 
+/// One shard's ids.
+///
+/// **Records are removed lazily.** An id's record names a queue entry; when
+/// that entry is popped (expired, or evicted to make room) the record is
+/// left in the table, where it no longer matches anything (its entry is
+/// gone), instead of being looked up and removed there and then: that lookup
+/// lands on a random, cold part of the table and was the costliest step of a
+/// claim on a full store. Such stale records are swept out in one pass over
+/// the table when it fills, before it would grow, and the table doubles when
+/// a sweep leaves it more than half full, so a sweep comes at most every
+/// half table's worth of new ids (a few ns per claim). The table therefore
+/// holds up to about twice as many records as there are ids.
 #[derive(Default)]
 struct Shard {
-    /// Where each id's state is: an entry of `leases` or of `done`.
-    records: HashMap<EventId, Record, RandomState>,
+    /// One [`Record`] per id, naming the queue entry that holds the id and
+    /// its state, plus stale records whose entries were popped. The table
+    /// holds only the 8-byte record: a lookup by id compares the id of the
+    /// entry it names.
+    records: HashTable<Record>,
+    /// The ids held: those with a current record (in flight or done).
+    ids: usize,
     /// Claims in the order they were made, to forget expired ones. An entry
     /// stays until it reaches the front, also after its claim ended (it is
     /// then marked `ended`, so that the front is dropped without a lookup).
@@ -71,15 +93,18 @@ struct Shard {
     done_base: u64,
 }
 
-/// An id's record in the map: 8 bytes naming the queue entry that holds its
-/// state (the top bit: `done` rather than `leases`; the rest: the entry's
-/// sequence number). Most of a full store's memory is the hash map, and a
-/// map bucket costs about twice a queue slot, so the token, the digest and
-/// the deadline live in the queues.
+/// An id's record in the table: 8 bytes naming the queue entry that holds
+/// its id and state (the top bit: `done` rather than `leases`; the rest: the
+/// entry's sequence number). Sequence numbers are never reused within a
+/// shard, so a record value also identifies its table entry: a queue entry
+/// finds its own record by its stored hash and this value alone.
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct Record(u64);
 
 const DONE_BIT: u64 = 1 << 63;
+
+/// The flag in a [`DoneEntry`]'s deadline (milliseconds never reach it).
+const SUPERSEDED: u64 = 1 << 63;
 
 impl Record {
     fn lease(seq: u64) -> Self {
@@ -95,6 +120,8 @@ impl Record {
 struct LeaseEntry {
     /// Milliseconds since the store's epoch.
     deadline: u64,
+    /// The id's hash, to find its record without hashing the id again.
+    hash: u64,
     id: EventId,
     token: Token,
     /// The claim was completed or released: the id's record no longer
@@ -104,10 +131,50 @@ struct LeaseEntry {
 
 /// A completed record: its deadline and the processed body's digest.
 struct DoneEntry {
-    /// Milliseconds since the store's epoch.
+    /// Milliseconds since the store's epoch; with [`SUPERSEDED`] set once the
+    /// id's record no longer points here (its retention ended and the id was
+    /// claimed again), so that popping it does not count an id forgotten.
     deadline: u64,
-    id: EventId,
+    /// The id's hash, to find its record without hashing the id again.
+    hash: u64,
+    id: StoredId,
     digest: BodyDigest,
+}
+
+/// A completed id, kept in its queue entry when it is short (as Klikit's
+/// UUIDs are) rather than as a share of the caller's allocation. The queue
+/// is read in order, so evicting the oldest id then touches no other memory
+/// and frees nothing, and the request's own allocation is freed while it is
+/// still in the cache, by the request.
+enum StoredId {
+    Inline { len: u8, bytes: [u8; INLINE_ID] },
+    Shared(EventId),
+}
+
+/// The longest id kept inline: 46 bytes, so that a `StoredId` is 48 bytes
+/// (as many as the 32 bytes of an `EventId` and its allocation's counts
+/// take, plus the id's own bytes) and a `DoneEntry` 80.
+const INLINE_ID: usize = 46;
+
+impl StoredId {
+    fn new(id: &EventId) -> Self {
+        let bytes = id.as_str().as_bytes();
+        match u8::try_from(bytes.len()) {
+            Ok(len) if bytes.len() <= INLINE_ID => {
+                let mut inline = [0; INLINE_ID];
+                inline[..bytes.len()].copy_from_slice(bytes);
+                Self::Inline { len, bytes: inline }
+            }
+            _ => Self::Shared(id.clone()),
+        }
+    }
+
+    fn is(&self, id: &EventId) -> bool {
+        match self {
+            Self::Inline { len, bytes } => bytes.get(..usize::from(*len)) == Some(id.as_str().as_bytes()),
+            Self::Shared(held) => held.same_as(id),
+        }
+    }
 }
 
 /// What a record says.
@@ -130,7 +197,7 @@ impl MemoryStore {
     /// The number of ids a store made by [`new`](Self::new) holds.
     ///
     /// 100,000 ids cover a day of deliveries at more than one event a second,
-    /// in about 20 MB when full.
+    /// in about 10 MB when full (ids of Klikit's length; `tests/alloc.rs`).
     pub const DEFAULT_CAPACITY: usize = 100_000;
 
     /// A store with [`DEFAULT_CAPACITY`](Self::DEFAULT_CAPACITY).
@@ -158,7 +225,7 @@ impl MemoryStore {
     /// The number of ids held now (in flight or done), including expired ones
     /// not yet forgotten.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).records.len()).sum()
+        self.shards.iter().map(|s| lock(s).ids).sum()
     }
 
     /// Whether the store holds no id.
@@ -170,9 +237,14 @@ impl MemoryStore {
         millis(self.epoch.elapsed())
     }
 
-    fn shard(&self, id: &EventId) -> MutexGuard<'_, Shard> {
-        let index = (self.hasher.hash_one(id.as_str()) as usize) % SHARDS;
-        lock(&self.shards[index])
+    /// `id`'s hash and its locked shard. The shard is chosen by bits 32 to
+    /// 35 of the hash, which the table uses neither for the bucket (the low
+    /// bits) nor for the tag of its control bytes (the top 7), so that the
+    /// ids of one shard still spread over its whole table.
+    fn shard(&self, id: &EventId) -> (u64, MutexGuard<'_, Shard>) {
+        let hash = self.hasher.hash_one(id.as_str());
+        let index = ((hash >> 32) as usize) % SHARDS;
+        (hash, lock(&self.shards[index]))
     }
 }
 
@@ -191,7 +263,7 @@ impl fmt::Debug for MemoryStore {
 }
 
 /// A poisoned shard only means another thread panicked between two plain
-/// field writes; the map is still consistent, so keep using it.
+/// field writes; the table is still consistent, so keep using it.
 fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
     shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -206,12 +278,94 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// The two queues, borrowed apart from the table so that a table lookup can
+/// read the entry a record names.
+struct Queues<'a> {
+    leases: &'a VecDeque<LeaseEntry>,
+    leases_base: u64,
+    done: &'a VecDeque<DoneEntry>,
+    done_base: u64,
+}
+
+impl Queues<'_> {
+    /// Whether the entry `record` names is still queued: the record is
+    /// current, not stale (a record is changed in place when its id moves to
+    /// another entry, so a record whose entry is queued is that id's one).
+    fn is_current(&self, record: Record) -> bool {
+        let seq = record.0 & !DONE_BIT;
+        if record.0 & DONE_BIT == 0 {
+            slot(seq, self.leases_base).is_some_and(|slot| slot < self.leases.len())
+        } else {
+            slot(seq, self.done_base).is_some_and(|slot| slot < self.done.len())
+        }
+    }
+
+    /// Whether `record` names an entry of `id`.
+    fn holds(&self, record: Record, id: &EventId) -> bool {
+        let seq = record.0 & !DONE_BIT;
+        if record.0 & DONE_BIT == 0 {
+            slot(seq, self.leases_base)
+                .and_then(|slot| self.leases.get(slot))
+                .is_some_and(|entry| entry.id.same_as(id))
+        } else {
+            slot(seq, self.done_base)
+                .and_then(|slot| self.done.get(slot))
+                .is_some_and(|entry| entry.id.is(id))
+        }
+    }
+
+    /// The hash of the id `record` names, for the table to move it when it
+    /// grows. Every record names an entry (an entry's record goes when the
+    /// entry is popped), so the fallback is unreachable.
+    fn rehash(&self, record: Record) -> u64 {
+        let seq = record.0 & !DONE_BIT;
+        let hash = if record.0 & DONE_BIT == 0 {
+            slot(seq, self.leases_base)
+                .and_then(|slot| self.leases.get(slot))
+                .map(|entry| entry.hash)
+        } else {
+            slot(seq, self.done_base)
+                .and_then(|slot| self.done.get(slot))
+                .map(|entry| entry.hash)
+        };
+        hash.unwrap_or(0)
+    }
+}
+
 impl Shard {
-    /// The state `id`'s record points to.
-    fn state(&self, id: &EventId) -> Option<State> {
-        let record = self.records.get(id)?.0;
-        let seq = record & !DONE_BIT;
-        if record & DONE_BIT == 0 {
+    fn split(&mut self) -> (&mut HashTable<Record>, Queues<'_>) {
+        let Self {
+            records,
+            leases,
+            leases_base,
+            done,
+            done_base,
+            ..
+        } = self;
+        let queues = Queues {
+            leases,
+            leases_base: *leases_base,
+            done,
+            done_base: *done_base,
+        };
+        (records, queues)
+    }
+
+    /// `id`'s current record, if it has one.
+    fn record(&self, hash: u64, id: &EventId) -> Option<Record> {
+        let queues = Queues {
+            leases: &self.leases,
+            leases_base: self.leases_base,
+            done: &self.done,
+            done_base: self.done_base,
+        };
+        self.records.find(hash, |&record| queues.holds(record, id)).copied()
+    }
+
+    /// The state `record` points to.
+    fn state(&self, record: Record) -> Option<State> {
+        let seq = record.0 & !DONE_BIT;
+        if record.0 & DONE_BIT == 0 {
             let entry = self.leases.get(slot(seq, self.leases_base)?)?;
             Some(State::InFlight {
                 deadline: entry.deadline,
@@ -226,14 +380,43 @@ impl Shard {
         }
     }
 
-    /// Removes `id`'s record if it points to `record`; one lookup.
-    fn forget_if(&mut self, id: EventId, record: Record) -> bool {
-        match self.records.entry(id) {
-            Entry::Occupied(entry) if *entry.get() == record => {
-                entry.remove();
-                true
+    /// Marks the queue entry `record` names as no longer current: its id
+    /// gets a new record.
+    fn supersede(&mut self, record: Record) {
+        let seq = record.0 & !DONE_BIT;
+        if record.0 & DONE_BIT == 0 {
+            if let Some(entry) = slot(seq, self.leases_base).and_then(|slot| self.leases.get_mut(slot)) {
+                entry.ended = true;
             }
-            _ => false,
+        } else if let Some(entry) = slot(seq, self.done_base).and_then(|slot| self.done.get_mut(slot)) {
+            entry.deadline |= SUPERSEDED;
+        }
+    }
+
+    /// Inserts the record of a new id (hash `hash`), sweeping stale records
+    /// out first if the table is full (see [`Shard`]).
+    fn insert(&mut self, hash: u64, record: Record) {
+        if self.records.len() == self.records.capacity() {
+            self.sweep();
+        }
+        // Every record is current here (the table grows only right after a
+        // sweep), so the table can rehash each from its entry.
+        let (records, queues) = self.split();
+        records.insert_unique(hash, record, |&held| queues.rehash(held));
+        self.ids += 1;
+    }
+
+    /// Removes the stale records of a full table, and doubles it if that
+    /// leaves it more than half full. Out of line: once per half table of
+    /// new ids at most.
+    #[cold]
+    #[inline(never)]
+    fn sweep(&mut self) {
+        let (records, queues) = self.split();
+        records.retain(|held| queues.is_current(*held));
+        if records.len() > records.capacity() / 2 {
+            let more = records.capacity();
+            records.reserve(more, |&held| queues.rehash(held));
         }
     }
 
@@ -245,49 +428,64 @@ impl Shard {
     /// would hold a copy of the id (and the queue slot) for the whole lease,
     /// so that a busy receiver's queue grew with its rate times the lease,
     /// beyond the store's capacity. Such entries are marked when their claim
-    /// ends, so dropping them costs no map lookup; neither does finding that
-    /// the front is a live claim. A lease entry that is not marked and not
-    /// current was claimed again after it expired, so it is expired too.
+    /// ends, so dropping them costs nothing; neither does finding that the
+    /// front is a live claim. A popped entry's record is left to the next
+    /// sweep (see [`Shard`]).
     fn purge(&mut self, now: u64) {
         while let Some(front) = self.leases.front() {
             if !front.ended && front.deadline > now {
                 break;
             }
-            let record = Record::lease(self.leases_base);
-            let Some(expired) = self.leases.pop_front() else {
-                break;
-            };
-            self.leases_base += 1;
-            if !expired.ended {
-                self.forget_if(expired.id, record);
+            if !front.ended {
+                // An expired claim: its holder never finished it.
+                self.ids -= 1;
             }
+            self.leases.pop_front();
+            self.leases_base += 1;
         }
         while let Some(front) = self.done.front() {
-            if front.deadline > now {
+            if front.deadline & !SUPERSEDED > now {
                 break;
             }
-            let _ = self.pop_done();
+            self.pop_done();
         }
     }
 
-    /// Pops the oldest completed entry and forgets its record if it still
-    /// points there; whether it did, or `None` with the queue empty.
+    /// Pops the oldest completed entry; whether it was its id's current
+    /// record (and the id is now forgotten), or `None` with the queue empty.
     fn pop_done(&mut self) -> Option<bool> {
-        let record = Record::done(self.done_base);
         let oldest = self.done.pop_front()?;
         self.done_base += 1;
-        Some(self.forget_if(oldest.id, record))
+        let current = oldest.deadline & SUPERSEDED == 0;
+        if current {
+            self.ids -= 1;
+        }
+        Some(current)
     }
 
     /// Ends the in-flight claim of `id` if it holds `token`: marks its lease
     /// entry ended and returns the record to update (complete) or remove
     /// (release). One lookup.
-    fn end_claim(&mut self, id: &EventId, token: Token) -> Option<&mut Record> {
-        let record = self.records.get_mut(id)?;
+    fn end_claim(&mut self, hash: u64, id: &EventId, token: Token) -> Option<&mut Record> {
+        let Self {
+            records,
+            leases,
+            leases_base,
+            done,
+            done_base,
+            ..
+        } = self;
+        let queues = Queues {
+            leases,
+            leases_base: *leases_base,
+            done,
+            done_base: *done_base,
+        };
+        let record = records.find_mut(hash, |&held| queues.holds(held, id))?;
         if record.0 & DONE_BIT != 0 {
             return None;
         }
-        let entry = self.leases.get_mut(slot(record.0, self.leases_base)?)?;
+        let entry = leases.get_mut(slot(record.0, *leases_base)?)?;
         if entry.token != token {
             return None;
         }
@@ -312,10 +510,10 @@ impl DedupStore for MemoryStore {
         let event_id = lease.event_id();
         let token = Token::from(lease.token());
         let now = self.now();
-        let mut shard = self.shard(event_id);
+        let (hash, mut shard) = self.shard(event_id);
         shard.purge(now);
-        let state = shard.state(event_id);
-        match state {
+        let record = shard.record(hash, event_id);
+        match record.and_then(|record| shard.state(record)) {
             Some(State::Done { deadline, digest }) if deadline > now => {
                 return Ok(Claim::Done { digest: Some(digest) });
             }
@@ -330,51 +528,70 @@ impl DedupStore for MemoryStore {
             }
             _ => {}
         }
-        let is_new_key = state.is_none();
-        if is_new_key && shard.records.len() >= self.shard_capacity && !shard.evict_oldest_done() {
+        if record.is_none() && shard.ids >= self.shard_capacity && !shard.evict_oldest_done() {
             return Err(StoreError::Full {
                 capacity: self.capacity,
             });
         }
         let seq = shard.leases_base + shard.leases.len() as u64;
+        // The entry first: the table may need it to rehash as it grows.
         shard.leases.push_back(LeaseEntry {
             deadline: now.saturating_add(millis(ttl)),
+            hash,
             id: event_id.clone(),
             token,
             ended: false,
         });
-        shard.records.insert(event_id.clone(), Record::lease(seq));
+        match record {
+            // An expired record of this id: the table entry stays, pointed
+            // at the new claim, and its old queue entry is no longer current.
+            Some(old) => {
+                shard.supersede(old);
+                if let Some(held) = shard.records.find_mut(hash, |&held| held == old) {
+                    *held = Record::lease(seq);
+                }
+            }
+            None => shard.insert(hash, Record::lease(seq)),
+        }
         Ok(Claim::New)
     }
 
     async fn complete(&self, lease: &Lease, digest: BodyDigest, retain: Duration) -> Result<bool> {
+        let event_id = lease.event_id();
         let token = Token::from(lease.token());
         let now = self.now();
-        let mut shard = self.shard(lease.event_id());
+        let (hash, mut shard) = self.shard(event_id);
         shard.purge(now);
         let seq = shard.done_base + shard.done.len() as u64;
-        let Some(record) = shard.end_claim(lease.event_id(), token) else {
+        let Some(record) = shard.end_claim(hash, event_id, token) else {
             return Ok(false);
         };
         *record = Record::done(seq);
         shard.done.push_back(DoneEntry {
             deadline: now.saturating_add(millis(retain)),
-            id: lease.event_id().clone(),
+            hash,
+            id: StoredId::new(event_id),
             digest,
         });
         Ok(true)
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool> {
+        let event_id = lease.event_id();
         let token = Token::from(lease.token());
         let now = self.now();
-        let mut shard = self.shard(lease.event_id());
+        let (hash, mut shard) = self.shard(event_id);
         shard.purge(now);
-        let held = shard.end_claim(lease.event_id(), token).is_some();
-        if held {
-            shard.records.remove(lease.event_id());
+        let Some(record) = shard.end_claim(hash, event_id, token).map(|record| *record) else {
+            return Ok(false);
+        };
+        // Removed at once (its lease entry stays queued, marked ended, so the
+        // record would otherwise still name it).
+        if let Ok(entry) = shard.records.find_entry(hash, |&held| held == record) {
+            entry.remove();
         }
-        Ok(held)
+        shard.ids -= 1;
+        Ok(true)
     }
 }
 
@@ -383,8 +600,213 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_record_is_8_bytes() {
+    fn a_record_is_8_bytes_and_a_completed_entry_80() {
         assert_eq!(std::mem::size_of::<Record>(), 8);
+        assert_eq!(std::mem::size_of::<DoneEntry>(), 80);
+    }
+
+    /// Checks every shard: its count of ids is the number of current
+    /// records, within the capacity, and its table no more than four times
+    /// the capacity (stale records are swept before the table grows).
+    fn assert_consistent(store: &MemoryStore) {
+        for shard in store.shards.iter() {
+            let shard = lock(shard);
+            let queues = Queues {
+                leases: &shard.leases,
+                leases_base: shard.leases_base,
+                done: &shard.done,
+                done_base: shard.done_base,
+            };
+            let current = shard
+                .records
+                .iter()
+                .filter(|&&record| queues.is_current(record))
+                .count();
+            assert_eq!(shard.ids, current, "counted ids against current records");
+            assert!(
+                shard.ids <= store.shard_capacity,
+                "{} ids in a shard of {}",
+                shard.ids,
+                store.shard_capacity
+            );
+            assert!(
+                shard.records.capacity() <= 4 * store.shard_capacity + 4,
+                "a table of {} for {} ids",
+                shard.records.capacity(),
+                store.shard_capacity
+            );
+            // Every current record names an entry of an id hashed as stored.
+            for &record in shard.records.iter().filter(|&&record| queues.is_current(record)) {
+                let seq = record.0 & !DONE_BIT;
+                let hash = if record.0 & DONE_BIT == 0 {
+                    let entry = &shard.leases[slot(seq, shard.leases_base).unwrap()];
+                    assert!(!entry.ended, "a record names an ended claim");
+                    assert_eq!(store.hasher.hash_one(entry.id.as_str()), entry.hash);
+                    entry.hash
+                } else {
+                    let entry = &shard.done[slot(seq, shard.done_base).unwrap()];
+                    assert_eq!(entry.deadline & SUPERSEDED, 0, "a record names a superseded entry");
+                    entry.hash
+                };
+                assert!(shard.records.find(hash, |&held| held == record).is_some());
+            }
+        }
+    }
+
+    /// A small xorshift generator: the test is the same on every run.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    #[tokio::test]
+    async fn random_claims_completions_releases_and_expiries_keep_the_store_consistent() {
+        // 16 shards of 3 ids, 60 ids: evictions, a full store, expired
+        // leases and records, ids claimed again after they expired.
+        let store = MemoryStore::with_capacity(48);
+        let ids: Vec<EventId> = (0..60).map(|n| EventId::new(format!("evt-{n}")).unwrap()).collect();
+        let mut held: Vec<Lease> = Vec::new();
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let durations = [Duration::ZERO, Duration::from_millis(2), Duration::from_secs(3600)];
+        let (mut new, mut full, mut finished) = (0, 0, 0);
+        for step in 0..20_000 {
+            match rng.below(10) {
+                0..=4 => {
+                    let lease = Lease::generate(ids[rng.below(60) as usize].clone());
+                    let ttl = durations[rng.below(3) as usize];
+                    match store.claim(&lease, ttl).await {
+                        Ok(Claim::New) => {
+                            new += 1;
+                            held.push(lease);
+                        }
+                        Ok(_) => {}
+                        Err(StoreError::Full { .. }) => full += 1,
+                        Err(error) => panic!("{error}"),
+                    }
+                }
+                5..=8 if !held.is_empty() => {
+                    let lease = held.swap_remove(rng.below(held.len() as u64) as usize);
+                    let done = if rng.below(3) == 0 {
+                        store.release(&lease).await.unwrap()
+                    } else {
+                        let retain = durations[rng.below(3) as usize];
+                        store.complete(&lease, BodyDigest::of(b"{}"), retain).await.unwrap()
+                    };
+                    finished += usize::from(done);
+                }
+                _ => {
+                    if step % 50 == 0 {
+                        tokio::time::sleep(Duration::from_millis(3)).await;
+                    }
+                }
+            }
+            assert_consistent(&store);
+        }
+        // Each kind of answer happened, so each path above was taken.
+        assert!(
+            new > 1000 && full > 0 && finished > 1000,
+            "{new} new, {full} full, {finished} finished"
+        );
+    }
+
+    #[tokio::test]
+    async fn two_hundred_thousand_deliveries_through_a_small_store_leave_a_small_table() {
+        let store = MemoryStore::with_capacity(64);
+        let long = Duration::from_secs(3600);
+        for n in 0..200_000 {
+            let lease = Lease::generate(EventId::new(format!("evt-{n}")).unwrap());
+            assert_eq!(store.claim(&lease, long).await.unwrap(), Claim::New);
+            assert!(store.complete(&lease, BodyDigest::of(b"{}"), long).await.unwrap());
+        }
+        assert_consistent(&store);
+        assert_eq!(store.len(), 64);
+        // The last id of each shard is still known, the first long forgotten.
+        let last = Lease::generate(EventId::new("evt-199999").unwrap());
+        assert!(matches!(store.claim(&last, long).await.unwrap(), Claim::Done { .. }));
+        let first = Lease::generate(EventId::new("evt-0").unwrap());
+        assert_eq!(store.claim(&first, long).await.unwrap(), Claim::New);
+    }
+
+    #[tokio::test]
+    async fn a_completed_id_claimed_again_after_its_retention_is_counted_once() {
+        let store = MemoryStore::with_capacity(16 * 4);
+        let long = Duration::from_secs(3600);
+        // Ids of one shard: an entry retained long ahead of one retained
+        // for no time, so that the second is not at the queue's front when
+        // its id is claimed again.
+        let shard_of = |id: &EventId| (store.hasher.hash_one(id.as_str()) >> 32) as usize % SHARDS;
+        let first = EventId::new("evt-first").unwrap();
+        let second = (0..)
+            .map(|n| EventId::new(format!("evt-{n}")).unwrap())
+            .find(|id| shard_of(id) == shard_of(&first))
+            .unwrap();
+        let lease = Lease::generate(first.clone());
+        assert_eq!(store.claim(&lease, long).await.unwrap(), Claim::New);
+        assert!(store.complete(&lease, BodyDigest::of(b"1"), long).await.unwrap());
+        let lease = Lease::generate(second.clone());
+        assert_eq!(store.claim(&lease, long).await.unwrap(), Claim::New);
+        assert!(
+            store
+                .complete(&lease, BodyDigest::of(b"2"), Duration::ZERO)
+                .await
+                .unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let again = Lease::generate(second.clone());
+        assert_eq!(store.claim(&again, long).await.unwrap(), Claim::New);
+        assert_eq!(store.len(), 2);
+        assert_consistent(&store);
+        assert!(store.complete(&again, BodyDigest::of(b"2"), long).await.unwrap());
+        assert_eq!(store.len(), 2);
+        assert_consistent(&store);
+        assert!(matches!(
+            store.claim(&Lease::generate(second), long).await.unwrap(),
+            Claim::Done { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn ids_kept_inline_and_shared_are_both_found_and_told_apart() {
+        let store = MemoryStore::with_capacity(64);
+        let long = Duration::from_secs(60);
+        // Either side of the inline limit, and ids that differ only in the
+        // last byte or in length.
+        let ids = [
+            "a".repeat(INLINE_ID - 1),
+            "a".repeat(INLINE_ID),
+            "a".repeat(INLINE_ID + 1),
+            format!("{}b", "a".repeat(INLINE_ID - 1)),
+            "a".repeat(256),
+        ];
+        for id in &ids {
+            let lease = Lease::generate(EventId::new(id).unwrap());
+            assert_eq!(store.claim(&lease, long).await.unwrap(), Claim::New, "{}", id.len());
+            assert!(
+                store
+                    .complete(&lease, BodyDigest::of(id.as_bytes()), long)
+                    .await
+                    .unwrap()
+            );
+        }
+        for id in &ids {
+            // A new allocation of the same id: found by its bytes.
+            let again = Lease::generate(EventId::new(id).unwrap());
+            assert_eq!(
+                store.claim(&again, long).await.unwrap(),
+                Claim::Done {
+                    digest: Some(BodyDigest::of(id.as_bytes()))
+                },
+                "{}",
+                id.len()
+            );
+        }
+        assert_eq!(store.len(), ids.len());
     }
 
     /// The lease entries of finished claims: how many are still queued.

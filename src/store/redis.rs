@@ -194,7 +194,7 @@ fn done_digest(value: &[u8]) -> Option<BodyDigest> {
         return None;
     }
     let mut bytes = [0; BodyDigest::LEN];
-    hex::decode_to_slice(hex_digest, &mut bytes).ok()?;
+    const_hex::decode_to_slice(hex_digest, &mut bytes).ok()?;
     Some(BodyDigest::from_bytes(bytes))
 }
 

@@ -456,3 +456,63 @@ async fn two_processes_share_one_file() {
     store.close().await;
     Sqlite.cleanup(&ns).await;
 }
+
+/// Four stores on one file (four writer threads and connections, as four
+/// processes would have) claim the same ids, whose rows exist but expired,
+/// one at a time each (a claim alone runs in autocommit, so another
+/// connection can write between its statements): each id is taken over by
+/// exactly one of them, the others see it in flight, and none errs. Then
+/// the same with rows that were completed and expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn expired_rows_are_taken_over_once_by_racing_stores_on_one_file() {
+    const IDS: usize = 200;
+    let ns = namespace();
+    let file = path(&ns);
+    let first = SqliteStore::open(&file).await.unwrap();
+    let mut stores = vec![first.clone()];
+    for _ in 0..3 {
+        stores.push(SqliteStore::open(&file).await.unwrap());
+    }
+    for completed in [false, true] {
+        let prefix = if completed { "done" } else { "held" };
+        for n in 0..IDS {
+            let lease = Lease::generate(id(&format!("{prefix}-{n}")));
+            assert_eq!(first.claim(&lease, Duration::from_millis(1)).await.unwrap(), Claim::New);
+            if completed {
+                assert!(
+                    first
+                        .complete(&lease, digest(), Duration::from_millis(1))
+                        .await
+                        .unwrap()
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let claims = stores.iter().map(|store| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut won = Vec::new();
+                for n in 0..IDS {
+                    let lease = Lease::generate(id(&format!("{prefix}-{n}")));
+                    match store.claim(&lease, Duration::from_secs(60)).await.unwrap() {
+                        Claim::New => won.push(n),
+                        Claim::InFlight { .. } => {}
+                        Claim::Done { .. } => panic!("{prefix}-{n}: an expired row answered Done"),
+                    }
+                }
+                won
+            })
+        });
+        let mut won: Vec<usize> = join_all(claims).await.into_iter().flat_map(Result::unwrap).collect();
+        won.sort_unstable();
+        assert_eq!(
+            won,
+            (0..IDS).collect::<Vec<_>>(),
+            "{prefix}: every id taken over exactly once"
+        );
+    }
+    for store in stores {
+        store.close().await;
+    }
+    Sqlite.cleanup(&ns).await;
+}

@@ -60,8 +60,10 @@ use crate::ConfigError;
 /// the store ends the thread.
 ///
 /// A second thread with a connection of its own copies the WAL back into
-/// the database every 100 ms (a `PASSIVE` checkpoint, which does not block
-/// the writer), and the writer's own automatic checkpoint only starts at a
+/// the database 10 ms after a commit (a `PASSIVE` checkpoint, which does not
+/// block the writer; the commits of those 10 ms go in the same checkpoint;
+/// no commits, no checkpoints), and the writer's own automatic checkpoint
+/// only starts at a
 /// WAL of 8192 pages (when the background checkpoints never catch up fully,
 /// so that the WAL can start over). With SQLite's default, the writer
 /// checkpoints every 1000 pages itself, and the deliveries queued behind it
@@ -214,7 +216,9 @@ impl From<Error> for StoreError {
 }
 
 struct Statements {
-    claim: Arc<str>,
+    claim_insert: Arc<str>,
+    claim_read: Arc<str>,
+    claim_take: Arc<str>,
     complete: Arc<str>,
     release: Arc<str>,
     cleanup: Arc<str>,
@@ -227,16 +231,21 @@ struct Statements {
 impl Statements {
     fn new(table: &str) -> Self {
         let t = format!(r#""{table}""#);
-        let expired = "expires_at <= ?3";
+        // A claim is up to three statements, each atomic (see
+        // `writer::DedupOp::claim`), rather than one upsert with `RETURNING`:
+        // SQLite runs `RETURNING` through a temporary table that it creates
+        // for every execution, which cost the writer thread more than the
+        // insert itself; a new id (the common case) is one plain insert.
         Self {
-            claim: format!(
+            claim_insert: format!(
                 "INSERT INTO {t} (event_id, token, done, expires_at) VALUES (?1, ?2, 0, ?3 + ?4) \
-                 ON CONFLICT (event_id) DO UPDATE SET \
-                 token = CASE WHEN {expired} THEN excluded.token ELSE token END, \
-                 done = CASE WHEN {expired} THEN 0 ELSE done END, \
-                 expires_at = CASE WHEN {expired} THEN excluded.expires_at ELSE expires_at END, \
-                 digest = CASE WHEN {expired} THEN NULL ELSE digest END \
-                 RETURNING token = ?2, done, expires_at - ?3, digest"
+                 ON CONFLICT (event_id) DO NOTHING"
+            )
+            .into(),
+            claim_read: format!("SELECT token, done, expires_at, digest FROM {t} WHERE event_id = ?1").into(),
+            claim_take: format!(
+                "UPDATE {t} SET token = ?2, done = 0, expires_at = ?3 + ?4, digest = NULL \
+                 WHERE event_id = ?1 AND expires_at <= ?3"
             )
             .into(),
             complete: format!(
@@ -309,19 +318,18 @@ impl SqliteStore {
     async fn open_at(location: Location) -> Result<Self> {
         let (sender, receiver) = mpsc::channel();
         let (opened_tx, opened_rx) = oneshot::channel();
-        // Disconnected when the writer thread ends: the checkpoint thread
-        // ends with it.
-        let (alive_tx, alive_rx) = mpsc::channel::<()>();
+        // The writer's commits, for the checkpoint thread; disconnected
+        // when the writer thread ends, and the checkpoint thread ends with it.
+        let (commits_tx, commits_rx) = mpsc::sync_channel::<()>(1);
         let thread_location = location.clone();
         std::thread::Builder::new()
             .name("klikit-sqlite-writer".into())
             .spawn(move || {
-                let _alive = alive_tx;
                 writer::batch_scheduling();
                 match writer::open_connection(&thread_location, Self::BUSY_TIMEOUT) {
                     Ok(conn) => {
                         if opened_tx.send(Ok(())).is_ok() {
-                            writer::run(conn, receiver);
+                            writer::run(conn, receiver, &commits_tx);
                         }
                     }
                     Err(error) => {
@@ -339,7 +347,7 @@ impl SqliteStore {
                 .name("klikit-sqlite-checkpoint".into())
                 .spawn(move || {
                     writer::batch_scheduling();
-                    writer::checkpoint(conn, alive_rx);
+                    writer::checkpoint(conn, commits_rx);
                 })
                 .map_err(StoreError::backend)?;
         }

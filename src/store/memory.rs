@@ -1,6 +1,7 @@
 //! An in-process [`DedupStore`].
 
 use std::{
+    cell::Cell,
     collections::VecDeque,
     fmt,
     hash::BuildHasher,
@@ -125,8 +126,10 @@ struct LeaseEntry {
     id: EventId,
     token: Token,
     /// The claim was completed or released: the id's record no longer
-    /// points here, and the entry only waits to reach the front.
-    ended: bool,
+    /// points here, and the entry only waits to reach the front. A `Cell`,
+    /// so that it can be set through the shared borrow a table lookup holds
+    /// (the shard's mutex is held).
+    ended: Cell<bool>,
 }
 
 /// A completed record: its deadline and the processed body's digest.
@@ -386,7 +389,7 @@ impl Shard {
         let seq = record.0 & !DONE_BIT;
         if record.0 & DONE_BIT == 0 {
             if let Some(entry) = slot(seq, self.leases_base).and_then(|slot| self.leases.get_mut(slot)) {
-                entry.ended = true;
+                entry.ended.set(true);
             }
         } else if let Some(entry) = slot(seq, self.done_base).and_then(|slot| self.done.get_mut(slot)) {
             entry.deadline |= SUPERSEDED;
@@ -433,10 +436,10 @@ impl Shard {
     /// sweep (see [`Shard`]).
     fn purge(&mut self, now: u64) {
         while let Some(front) = self.leases.front() {
-            if !front.ended && front.deadline > now {
+            if !front.ended.get() && front.deadline > now {
                 break;
             }
-            if !front.ended {
+            if !front.ended.get() {
                 // An expired claim: its holder never finished it.
                 self.ids -= 1;
             }
@@ -467,29 +470,16 @@ impl Shard {
     /// entry ended and returns the record to update (complete) or remove
     /// (release). One lookup.
     fn end_claim(&mut self, hash: u64, id: &EventId, token: Token) -> Option<&mut Record> {
-        let Self {
-            records,
-            leases,
-            leases_base,
-            done,
-            done_base,
-            ..
-        } = self;
-        let queues = Queues {
-            leases,
-            leases_base: *leases_base,
-            done,
-            done_base: *done_base,
-        };
+        let (records, queues) = self.split();
         let record = records.find_mut(hash, |&held| queues.holds(held, id))?;
         if record.0 & DONE_BIT != 0 {
             return None;
         }
-        let entry = leases.get_mut(slot(record.0, *leases_base)?)?;
+        let entry = queues.leases.get(slot(record.0, queues.leases_base)?)?;
         if entry.token != token {
             return None;
         }
-        entry.ended = true;
+        entry.ended.set(true);
         Some(record)
     }
 
@@ -540,7 +530,7 @@ impl DedupStore for MemoryStore {
             hash,
             id: event_id.clone(),
             token,
-            ended: false,
+            ended: Cell::new(false),
         });
         match record {
             // An expired record of this id: the table entry stays, pointed
@@ -640,7 +630,7 @@ mod tests {
                 let seq = record.0 & !DONE_BIT;
                 let hash = if record.0 & DONE_BIT == 0 {
                     let entry = &shard.leases[slot(seq, shard.leases_base).unwrap()];
-                    assert!(!entry.ended, "a record names an ended claim");
+                    assert!(!entry.ended.get(), "a record names an ended claim");
                     assert_eq!(store.hasher.hash_one(entry.id.as_str()), entry.hash);
                     entry.hash
                 } else {

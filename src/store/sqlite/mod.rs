@@ -80,11 +80,12 @@ use crate::ConfigError;
 /// waiting (see `batch_scheduling` in the source for the measurements).
 ///
 /// Measured (the reference receiver pinned to one core, `examples/load.rs`
-/// on the other, 32 connections, unique ids, 5 s runs, on a 2-vCPU KVM
-/// guest with nothing else running): 25.3–31.2k requests/s at 31.6–38.3 µs
-/// of receiver CPU per delivery and a p99 of 2.2–3.1 ms (five runs), where
-/// `MemoryStore` answered 42.1–50.1k requests/s at 19.8–23.3 µs and
-/// 0.9–1.6 ms in the same hour's runs (of several builds of the layer).
+/// on the other, 32 connections, unique ids, three rounds of 5 s of
+/// `benches/run.sh` on a 2-vCPU KVM guest,
+/// `benches/results/2026-11-30-vm-intel-r-xeon-r-processor-2cpu-2`):
+/// 39.8–46.3k requests/s at 20.8–24.2 µs of receiver CPU per delivery and a
+/// p99 of 1.15–1.48 ms, where `MemoryStore` answered 67.6–77.3k requests/s
+/// at 12.8–14.4 µs and 0.81–1.02 ms in the same rounds.
 /// `BENCHMARKS.md` has the committed runs of `benches/run.sh`, with both
 /// stores in the same rounds.
 ///

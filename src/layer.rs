@@ -156,7 +156,7 @@ impl KlikitWebhookLayer {
                 store_failure: StoreFailurePolicy::FailClosed,
                 dedup_on_signature: false,
                 background: Background::new(),
-                metrics: crate::metrics::Handles::default(),
+                metrics: crate::metrics::Handles::new(),
             }),
         }
     }

@@ -23,10 +23,8 @@ pub const DELIVERIES_TOTAL: &str = "klikit_webhook_deliveries_total";
 /// Name of the delivery latency histogram.
 pub const DELIVERY_DURATION_SECONDS: &str = "klikit_webhook_delivery_duration_seconds";
 
-/// When a delivery reached the layer: the start of its latency, and the
-/// earliest its claim can have started (see `Held` in `service::claim`), so
-/// one clock reading serves both. Tokio's clock, so that a test with paused
-/// time sees the same time in both.
+/// When a delivery reached the layer: the start of its latency. Tokio's
+/// clock, so that a test with paused time sees its time.
 pub(crate) type Started = tokio::time::Instant;
 
 #[inline]
@@ -65,8 +63,9 @@ pub(crate) struct Handles {
 #[cfg(not(feature = "metrics"))]
 pub(crate) struct Handles;
 
-impl Default for Handles {
-    fn default() -> Self {
+impl Handles {
+    /// No handles yet: they are registered on the first deliveries.
+    pub(crate) fn new() -> Self {
         #[cfg(feature = "metrics")]
         {
             Self {
@@ -83,7 +82,7 @@ impl Default for Handles {
 /// another registers its own.
 impl Clone for Handles {
     fn clone(&self) -> Self {
-        Self::default()
+        Self::new()
     }
 }
 

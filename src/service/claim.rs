@@ -52,14 +52,8 @@ pub(super) enum Admission {
 /// deduplication on), the key of the body's `signature` too; every lease
 /// taken is held by the returned guard. `body` is compared (by digest) with
 /// the processed body when the event is done.
-pub(super) async fn admit(
-    config: &Arc<Config>,
-    id: &EventId,
-    signature: Option<&[u8; 32]>,
-    body: &Bytes,
-    started: Instant,
-) -> Admission {
-    let mut guard = match claim(config, id, id, started).await {
+pub(super) async fn admit(config: &Arc<Config>, id: &EventId, signature: Option<&[u8; 32]>, body: &Bytes) -> Admission {
+    let mut guard = match claim(config, id, id).await {
         Decision::New(held) => ClaimGuard::new(config.clone(), held),
         Decision::Done(digest) => return Admission::Refused(duplicate(digest, body, id)),
         Decision::Refused(refusal) => return Admission::Refused(refusal),
@@ -69,7 +63,7 @@ pub(super) async fn admit(
         // The same signed body under another event id: a replay, or a
         // sender redelivering with a fresh id. Either way it was (being)
         // processed.
-        let refusal = match claim(config, &signature_key(signature), id, started).await {
+        let refusal = match claim(config, &signature_key(signature), id).await {
             Decision::New(held) => {
                 guard.replay_lease = Some(held);
                 None
@@ -104,11 +98,11 @@ enum Decision {
     Unclaimed,
 }
 
-/// A lease, and when its delivery reached the layer: the store's lease
+/// A lease, and when the layer asked the store for it: the store's lease
 /// cannot have started earlier, so `claimed_at + lease` is when the layer
-/// stops trying to finish it (a little before the store's lease ends, by the
-/// time the body took to arrive and be verified: the safe side, and the
-/// clock is read once per delivery instead of once more per claim).
+/// stops trying to finish it. (Not the delivery's start, which would save a
+/// clock reading: a body that took longer than a short lease to arrive would
+/// leave no time at all to retry a failed completion.)
 #[derive(Clone)]
 pub(super) struct Held {
     pub(super) lease: Lease,
@@ -134,13 +128,12 @@ impl Held {
     }
 }
 
-/// Claims `key` for the delivery of `event_id`, which reached the layer at
-/// `started`.
-async fn claim(config: &Arc<Config>, key: &EventId, event_id: &EventId, started: Instant) -> Decision {
+/// Claims `key` for the delivery of `event_id`.
+async fn claim(config: &Arc<Config>, key: &EventId, event_id: &EventId) -> Decision {
     let held = Held {
         lease: Lease::generate(key.clone()),
         event_id: event_id.clone(),
-        claimed_at: started,
+        claimed_at: Instant::now(),
     };
     let pending = PendingClaim::arm(config, &held);
     let result = with_timeout(config.store_timeout, config.store.claim(&held.lease, config.lease)).await;

@@ -283,7 +283,7 @@ where
         } else {
             None
         };
-        let guard = match claim::admit(&config, &verified.id, signature.as_ref(), &bytes, started).await {
+        let guard = match claim::admit(&config, &verified.id, signature.as_ref(), &bytes).await {
             Admission::Granted(guard) => guard,
             Admission::Refused(refusal) => return report::conclude(Ended::Refused(refusal), &config.metrics, started),
         };

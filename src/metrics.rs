@@ -23,13 +23,20 @@ pub const DELIVERIES_TOTAL: &str = "klikit_webhook_deliveries_total";
 /// Name of the delivery latency histogram.
 pub const DELIVERY_DURATION_SECONDS: &str = "klikit_webhook_delivery_duration_seconds";
 
-/// When a delivery reached the layer: the start of its latency. Tokio's
-/// clock, so that a test with paused time sees its time.
-pub(crate) type Started = tokio::time::Instant;
+#[cfg(feature = "metrics")]
+pub(crate) type Started = std::time::Instant;
+#[cfg(not(feature = "metrics"))]
+#[derive(Clone, Copy)]
+pub(crate) struct Started;
 
 #[inline]
 pub(crate) fn start() -> Started {
-    tokio::time::Instant::now()
+    #[cfg(feature = "metrics")]
+    {
+        std::time::Instant::now()
+    }
+    #[cfg(not(feature = "metrics"))]
+    Started
 }
 
 #[cfg(feature = "metrics")]
@@ -100,15 +107,15 @@ pub(crate) fn record(handles: &Handles, outcome: DeliveryOutcome, started: Start
                 )
             };
             let address = std::ptr::from_ref(recorder).cast::<()>() as usize;
-            if *handles.recorder.get_or_init(|| address) == address {
-                let (counter, histogram) = handles.outcomes[index].get_or_init(register);
-                counter.increment(1);
-                histogram.record(elapsed);
+            let registered;
+            let (counter, histogram) = if *handles.recorder.get_or_init(|| address) == address {
+                handles.outcomes[index].get_or_init(register)
             } else {
-                let (counter, histogram) = register();
-                counter.increment(1);
-                histogram.record(elapsed);
-            }
+                registered = register();
+                &registered
+            };
+            counter.increment(1);
+            histogram.record(elapsed);
         });
     }
     #[cfg(not(feature = "metrics"))]

@@ -291,48 +291,55 @@ struct Queues<'a> {
     done_base: u64,
 }
 
+/// The queue entry a record names.
+enum Queued<'a> {
+    Lease(&'a LeaseEntry),
+    Done(&'a DoneEntry),
+}
+
+impl Queued<'_> {
+    /// The hash of the entry's id.
+    fn hash(&self) -> u64 {
+        match self {
+            Self::Lease(entry) => entry.hash,
+            Self::Done(entry) => entry.hash,
+        }
+    }
+}
+
 impl Queues<'_> {
+    /// The entry `record` names; `None` if it was popped (the record is
+    /// stale).
+    fn entry(&self, record: Record) -> Option<Queued<'_>> {
+        let seq = record.0 & !DONE_BIT;
+        if record.0 & DONE_BIT == 0 {
+            self.leases.get(slot(seq, self.leases_base)?).map(Queued::Lease)
+        } else {
+            self.done.get(slot(seq, self.done_base)?).map(Queued::Done)
+        }
+    }
+
     /// Whether the entry `record` names is still queued: the record is
     /// current, not stale (a record is changed in place when its id moves to
     /// another entry, so a record whose entry is queued is that id's one).
     fn is_current(&self, record: Record) -> bool {
-        let seq = record.0 & !DONE_BIT;
-        if record.0 & DONE_BIT == 0 {
-            slot(seq, self.leases_base).is_some_and(|slot| slot < self.leases.len())
-        } else {
-            slot(seq, self.done_base).is_some_and(|slot| slot < self.done.len())
-        }
+        self.entry(record).is_some()
     }
 
     /// Whether `record` names an entry of `id`.
     fn holds(&self, record: Record, id: &EventId) -> bool {
-        let seq = record.0 & !DONE_BIT;
-        if record.0 & DONE_BIT == 0 {
-            slot(seq, self.leases_base)
-                .and_then(|slot| self.leases.get(slot))
-                .is_some_and(|entry| entry.id.same_as(id))
-        } else {
-            slot(seq, self.done_base)
-                .and_then(|slot| self.done.get(slot))
-                .is_some_and(|entry| entry.id.is(id))
+        match self.entry(record) {
+            Some(Queued::Lease(entry)) => entry.id.same_as(id),
+            Some(Queued::Done(entry)) => entry.id.is(id),
+            None => false,
         }
     }
 
     /// The hash of the id `record` names, for the table to move it when it
-    /// grows. Every record names an entry (an entry's record goes when the
-    /// entry is popped), so the fallback is unreachable.
+    /// grows. The table grows only right after a sweep, when every record is
+    /// current and names an entry, so the fallback is unreachable.
     fn rehash(&self, record: Record) -> u64 {
-        let seq = record.0 & !DONE_BIT;
-        let hash = if record.0 & DONE_BIT == 0 {
-            slot(seq, self.leases_base)
-                .and_then(|slot| self.leases.get(slot))
-                .map(|entry| entry.hash)
-        } else {
-            slot(seq, self.done_base)
-                .and_then(|slot| self.done.get(slot))
-                .map(|entry| entry.hash)
-        };
-        hash.unwrap_or(0)
+        self.entry(record).map_or(0, |entry| entry.hash())
     }
 }
 
@@ -355,33 +362,34 @@ impl Shard {
         (records, queues)
     }
 
-    /// `id`'s current record, if it has one.
-    fn record(&self, hash: u64, id: &EventId) -> Option<Record> {
-        let queues = Queues {
+    /// The queues, for reading only.
+    fn queues(&self) -> Queues<'_> {
+        Queues {
             leases: &self.leases,
             leases_base: self.leases_base,
             done: &self.done,
             done_base: self.done_base,
-        };
+        }
+    }
+
+    /// `id`'s current record, if it has one.
+    fn record(&self, hash: u64, id: &EventId) -> Option<Record> {
+        let queues = self.queues();
         self.records.find(hash, |&record| queues.holds(record, id)).copied()
     }
 
     /// The state `record` points to.
     fn state(&self, record: Record) -> Option<State> {
-        let seq = record.0 & !DONE_BIT;
-        if record.0 & DONE_BIT == 0 {
-            let entry = self.leases.get(slot(seq, self.leases_base)?)?;
-            Some(State::InFlight {
+        Some(match self.queues().entry(record)? {
+            Queued::Lease(entry) => State::InFlight {
                 deadline: entry.deadline,
                 token: entry.token,
-            })
-        } else {
-            let entry = self.done.get(slot(seq, self.done_base)?)?;
-            Some(State::Done {
+            },
+            Queued::Done(entry) => State::Done {
                 deadline: entry.deadline,
                 digest: entry.digest,
-            })
-        }
+            },
+        })
     }
 
     /// Marks the queue entry `record` names as no longer current: its id
@@ -473,10 +481,9 @@ impl Shard {
     fn end_claim(&mut self, hash: u64, id: &EventId, token: Token) -> Option<&mut Record> {
         let (records, queues) = self.split();
         let record = records.find_mut(hash, |&held| queues.holds(held, id))?;
-        if record.0 & DONE_BIT != 0 {
+        let Some(Queued::Lease(entry)) = queues.entry(*record) else {
             return None;
-        }
-        let entry = queues.leases.get(slot(record.0, queues.leases_base)?)?;
+        };
         if entry.token != token {
             return None;
         }
@@ -604,12 +611,7 @@ mod tests {
     fn assert_consistent(store: &MemoryStore) {
         for shard in store.shards.iter() {
             let shard = lock(shard);
-            let queues = Queues {
-                leases: &shard.leases,
-                leases_base: shard.leases_base,
-                done: &shard.done,
-                done_base: shard.done_base,
-            };
+            let queues = shard.queues();
             let current = shard
                 .records
                 .iter()
@@ -630,16 +632,17 @@ mod tests {
             );
             // Every current record names an entry of an id hashed as stored.
             for &record in shard.records.iter().filter(|&&record| queues.is_current(record)) {
-                let seq = record.0 & !DONE_BIT;
-                let hash = if record.0 & DONE_BIT == 0 {
-                    let entry = &shard.leases[slot(seq, shard.leases_base).unwrap()];
-                    assert!(!entry.ended.get(), "a record names an ended claim");
-                    assert_eq!(store.hasher.hash_one(entry.id.as_str()), entry.hash);
-                    entry.hash
-                } else {
-                    let entry = &shard.done[slot(seq, shard.done_base).unwrap()];
-                    assert_eq!(entry.deadline & SUPERSEDED, 0, "a record names a superseded entry");
-                    entry.hash
+                let hash = match queues.entry(record) {
+                    Some(Queued::Lease(entry)) => {
+                        assert!(!entry.ended.get(), "a record names an ended claim");
+                        assert_eq!(store.hasher.hash_one(entry.id.as_str()), entry.hash);
+                        entry.hash
+                    }
+                    Some(Queued::Done(entry)) => {
+                        assert_eq!(entry.deadline & SUPERSEDED, 0, "a record names a superseded entry");
+                        entry.hash
+                    }
+                    None => unreachable!("filtered to current records"),
                 };
                 assert!(shard.records.find(hash, |&held| held == record).is_some());
             }

@@ -5,7 +5,8 @@ Usage: python benches/report.py <results folder> [--baseline <earlier results fo
 `bash benches/run.sh` calls it at the end of a run; it can be rerun on any
 results folder. It reads only files of that folder (and of the baseline):
 load/round-*.csv (examples/load.rs), criterion/round-*/**/new/estimates.json
-(criterion), soak.csv, run.txt, machine.txt and loadavg.txt. Every figure is
+(criterion), pairs/pair-*.csv (the paired runs of twin and memory), soak.csv,
+run.txt, machine.txt and loadavg.txt. Every figure is
 given as the median over all rounds with the minimum and maximum; no round is
 left out. Ratios are given as the ratio of the medians, with the minimum and
 maximum of the per-round ratios (the two configurations of a ratio ran in the
@@ -124,6 +125,45 @@ def read_soak(folder):
                 samples[row["config"]].append((int(row["deliveries"]), int(row["rss_kib"])))
                 labels[row["config"]] = row["label"]
     return samples, labels
+
+
+def read_pairs(folder):
+    """{pair: {config: row}} from pairs/pair-<n>.csv (benches/run.sh's paired runs)."""
+    pairs = collections.defaultdict(dict)
+    for path in (folder / "pairs").glob("pair-*.csv"):
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                pairs[int(row["round"])][row["config"]] = row
+    return dict(sorted(pairs.items()))
+
+
+def binomial_tail(n, k):
+    """P(X >= k) for X ~ Binomial(n, 1/2)."""
+    return sum(math.comb(n, i) for i in range(k, n + 1)) / 2 ** n
+
+
+def median_ci(sorted_values, confidence=0.95):
+    """A distribution-free confidence interval for the median: the order
+    statistics x(l) and x(n+1-l), with l the largest rank such that
+    P(Binomial(n, 1/2) < l) <= (1 - confidence) / 2. Its coverage is at
+    least `confidence`; None when n is too small for any such l (n < 6 at 95 %)."""
+    n = len(sorted_values)
+    alpha = (1 - confidence) / 2
+    lower = 0
+    for rank in range(1, n + 1):
+        if 1 - binomial_tail(n, rank) <= alpha:
+            lower = rank
+        else:
+            break
+    if lower == 0:
+        return None
+    return sorted_values[lower - 1], sorted_values[n - lower]
+
+
+def pair_stats(pairs, column):
+    """Per pair, memory's figure ÷ the twin's; pairs missing either are skipped."""
+    return [float(p["memory"][column]) / float(p["twin"][column])
+            for p in pairs.values() if "memory" in p and "twin" in p and float(p["twin"][column])]
 
 
 def machine_facts(folder):
@@ -283,6 +323,14 @@ def main():
         goal("memory requests/s ÷ twin requests/s", ratio_stats(runs, "memory", "twin", "rps"), ">", 1.0)
         goal("memory CPU µs/delivery ÷ twin CPU µs/delivery",
              ratio_stats(runs, "memory", "twin", "server_cpu_us_per_req"), None, None)
+    pairs = read_pairs(folder)
+    paired = None
+    if pairs:
+        ratios = pair_stats(pairs, "rps")
+        if ratios:
+            ci = median_ci(sorted(ratios))
+            ahead = sum(r > 1 for r in ratios)
+            paired = (ratios, ci, ahead, binomial_tail(len(ratios), ahead))
     w("## The goals of issue 13\n")
     w("| figure | median | min–max | target | met by the median | met in every round |")
     w("|---|---|---|---|---|---|")
@@ -299,6 +347,23 @@ def main():
         every_text = ("yes" if every else "no") + (" (every pairing with a baseline round)" if note else "")
         w(f"| {name} | {fmt(m, digits)} | {fmt(lo, digits)}–{fmt(hi, digits)} | {op} {target:g} | "
           f"{'yes' if check(m, op, target) else '**no**'} | {every_text} |")
+    if paired:
+        ratios, ci, ahead, p_value = paired
+        m = med(ratios)
+        if ci is None:
+            verdict, ci_text = "too few pairs for a 95 % interval", "n/a"
+        else:
+            ci_text = f"{fmt(ci[0], 3)}–{fmt(ci[1], 3)}"
+            verdict = ("**ahead**: the interval is above 1" if ci[0] > 1
+                       else "**behind**: the interval is below 1" if ci[1] < 1
+                       else "**level**: the interval holds 1")
+        w(f"| memory requests/s ÷ twin requests/s, {plural(len(ratios), 'paired run')} (median of the per-pair ratios; "
+          f"95 % interval of that median {ci_text}) | {fmt(m, 3)} | {fmt(min(ratios), 3)}–{fmt(max(ratios), 3)} | "
+          f"> 1, interval above 1 | {verdict} | ahead in {ahead} of {len(ratios)} pairs |")
+        w(f"\nPaired runs (below): the one-sided sign test of \"memory ahead of the twin\" gives p = {p_value:.3g} "
+          f"({ahead} of {len(ratios)} pairs ahead; p is the chance of at least that many if the two were level). "
+          "The interval is distribution-free (order statistics of the per-pair ratios); it is the figure the goal "
+          "\"ahead of the twin\" is judged on, since a few rounds cannot tell a lead of a few percent from noise.")
     if any(k.endswith("-before") for k in runs):
         w(f"\n`BEFORE`: the configurations `<store>-before` ran the reference receiver built from the commit "
           "`run.txt` names, in the same rounds as the others, so their ratios pair configurations of one round. "
@@ -361,6 +426,67 @@ def main():
     w("Raw files: " + ", ".join(
         f"[round {r}](load/round-{r}.csv) ([text](load/round-{r}.txt))" for r in rounds)
       + "; the servers' logs in [load/logs/](load/logs/).\n")
+
+    # ---- paired runs
+    if pairs:
+        w("## Paired runs: the memory store against the twin\n")
+        w("After the rounds, `benches/run.sh` ran the twin and the receiver with the memory store one right after "
+          "the other, each on a fresh server, alternating which of the two went first (`PAIRS`, `PAIR_DURATION`). "
+          "A pair's ratio compares two runs seconds apart, so drifting background load cancels out better than "
+          "across a whole round.\n")
+        pair_problems = []
+        w("| pair | first | twin requests/s | memory requests/s | ratio | twin CPU µs | memory CPU µs | CPU ratio |")
+        w("|---|---|---|---|---|---|---|---|")
+        for n, p in pairs.items():
+            if "memory" not in p or "twin" not in p:
+                pair_problems.append(f"pair {n}: a configuration is missing")
+                continue
+            t, mem = p["twin"], p["memory"]
+            first = "twin" if int(t["position"]) < int(mem["position"]) else "memory"
+            w(f"| {n} | {first} | {fmt(float(t['rps']))} | {fmt(float(mem['rps']))} | "
+              f"{fmt(float(mem['rps']) / float(t['rps']), 3)} | {fmt(float(t['server_cpu_us_per_req']), 1)} | "
+              f"{fmt(float(mem['server_cpu_us_per_req']), 1)} | "
+              f"{fmt(float(mem['server_cpu_us_per_req']) / float(t['server_cpu_us_per_req']), 3)} |")
+            for row in (t, mem):
+                if row["status_other"]:
+                    pair_problems.append(f"pair {n}, {row['label']}: answers other than 200: {row['status_other']}")
+        cpu = pair_stats(pairs, "server_cpu_us_per_req")
+        if paired and cpu:
+            ratios, ci, ahead, p_value = paired
+            cpu_ci = median_ci(sorted(cpu))
+            w(f"\n- requests/s, memory ÷ twin: median {fmt(med(ratios), 3)} (min–max {fmt(min(ratios), 3)}–"
+              f"{fmt(max(ratios), 3)}; 95 % interval of the median "
+              f"{'n/a' if ci is None else fmt(ci[0], 3) + '–' + fmt(ci[1], 3)}); ahead in {ahead} of {len(ratios)} "
+              f"pairs, sign test p = {p_value:.3g}")
+            w(f"- server CPU µs per delivery, memory ÷ twin: median {fmt(med(cpu), 3)} (min–max {fmt(min(cpu), 3)}–"
+              f"{fmt(max(cpu), 3)}; 95 % interval of the median "
+              f"{'n/a' if cpu_ci is None else fmt(cpu_ci[0], 3) + '–' + fmt(cpu_ci[1], 3)}); lower in "
+              f"{sum(c < 1 for c in cpu)} of {len(cpu)} pairs\n")
+            fig, ax = plt.subplots(figsize=(10, 3.8))
+            xs = [n for n, p in pairs.items() if "memory" in p and "twin" in p]
+            ax.axhline(1.0, color="black", linewidth=1)
+            if ci is not None:
+                ax.axhspan(ci[0], ci[1], color="#4c72b0", alpha=0.2, label="95 % interval of the median")
+            ax.axhline(med(ratios), color="#4c72b0", linewidth=1.5, label=f"median {fmt(med(ratios), 3)}")
+            ax.scatter(xs, ratios, color="black", s=16, zorder=3, label="one pair")
+            ax.set_xlabel("pair")
+            ax.set_ylabel("memory ÷ twin requests/s")
+            ax.set_title(f"Receiver with the memory store ÷ hand-written twin, requests/s, "
+                         f"{plural(len(ratios), 'paired run')}\n{folder.name}", fontsize=11)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8, loc="best")
+            fig.tight_layout()
+            fig.savefig(folder / "pairs_memory_vs_twin.png", dpi=110)
+            plt.close(fig)
+            w("![memory ÷ twin requests/s per pair](pairs_memory_vs_twin.png)\n")
+        w("Raw files: " + ", ".join(f"[pair {n}](pairs/pair-{n}.csv)" for n in pairs)
+          + "; the driver's output in [pairs/pairs.txt](pairs/pairs.txt), the servers' logs in "
+          "[pairs/logs/](pairs/logs/).\n")
+        if pair_problems:
+            w("**Check these before quoting the figures:**\n")
+            for p in pair_problems:
+                w(f"- {p}")
+            w("")
 
     # ---- micro
     if micro:

@@ -13,9 +13,13 @@
 #    pinned to DRIVER_CPU, CONNECTIONS keep-alive connections, ~1 KiB signed
 #    bodies, unique event ids; the order rotates by one each round), then the
 #    three criterion benches once each.
-# 4. Runs the RSS soak (SOAK unique deliveries to the receiver with the memory
+# 4. Runs PAIRS paired runs of the twin and the receiver with the memory store
+#    (one right after the other, the first of the two alternating), the
+#    measurement of the goal "memory store ahead of the twin": a ratio of
+#    about 1 needs more than a few rounds to tell ahead from level.
+# 5. Runs the RSS soak (SOAK unique deliveries to the receiver with the memory
 #    store and to the twin).
-# 5. Writes every raw output, a description of the machine, the charts and a
+# 6. Writes every raw output, a description of the machine, the charts and a
 #    summary.md generated from the raw files (benches/report.py) into
 #    benches/results/<YYYY-MM-DD>-<MACHINE>/ (a suffix -2, -3, ... if that
 #    folder exists: a run never overwrites another).
@@ -33,6 +37,8 @@
 #   MICRO [1]           0 skips the criterion benches
 #   MICRO_WARMUP [1] MICRO_TIME [3] MICRO_SAMPLES [50]
 #                       criterion's --warm-up-time, --measurement-time and --sample-size per benchmark
+#   PAIRS [30]          paired runs of twin and memory after the rounds, 0 skips them (needs both in CONFIGS)
+#   PAIR_DURATION [3]   seconds measured per configuration of a pair (WARMUP before each)
 #   SOAK [200000]       deliveries of the RSS soak, 0 skips it
 #   REDIS_URL [redis://127.0.0.1:6379]
 #   DATABASE_URL [postgres://postgres@127.0.0.1:5432/test]
@@ -73,6 +79,8 @@ MICRO="${MICRO:-1}"
 MICRO_WARMUP="${MICRO_WARMUP:-1}"
 MICRO_TIME="${MICRO_TIME:-3}"
 MICRO_SAMPLES="${MICRO_SAMPLES:-50}"
+PAIRS="${PAIRS:-30}"
+PAIR_DURATION="${PAIR_DURATION:-3}"
 SOAK="${SOAK:-200000}"
 VENV="${VENV:-/tmp/klikit-bench-venv}"
 BASELINE="${BASELINE:-}"
@@ -91,6 +99,7 @@ for tool in cargo rustc taskset python3 lscpu; do
   command -v "$tool" >/dev/null || die "$tool is not on PATH"
 done
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
+[[ "$PAIRS" =~ ^[0-9]+$ ]] || die "PAIRS must be 0 or a positive integer"
 for cpu in "$SERVER_CPU" "$DRIVER_CPU"; do
   taskset -c "$cpu" true 2>/dev/null || die "cannot pin to CPU $cpu (this machine has $(nproc) CPUs)"
 done
@@ -142,7 +151,7 @@ say "results: $RESULTS (run id $RUN_ID)"
   echo "uncommitted changes: $(git status --porcelain --untracked-files=no 2>/dev/null | wc -l) files"
   git status --porcelain --untracked-files=no 2>/dev/null | sed 's/^/  /'
   echo "knobs: ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP CONNECTIONS=$CONNECTIONS CONFIGS=$CONFIGS"
-  echo "       SERVER_CPU=$SERVER_CPU DRIVER_CPU=$DRIVER_CPU MICRO=$MICRO MICRO_WARMUP=$MICRO_WARMUP MICRO_TIME=$MICRO_TIME MICRO_SAMPLES=$MICRO_SAMPLES SOAK=$SOAK"
+  echo "       SERVER_CPU=$SERVER_CPU DRIVER_CPU=$DRIVER_CPU MICRO=$MICRO MICRO_WARMUP=$MICRO_WARMUP MICRO_TIME=$MICRO_TIME MICRO_SAMPLES=$MICRO_SAMPLES PAIRS=$PAIRS PAIR_DURATION=$PAIR_DURATION SOAK=$SOAK"
   echo "       BEFORE=${BEFORE:-none}${BEFORE_SHA:+ ($BEFORE_SHA)} BASELINE=${BASELINE:-none}"
   echo "stores: SQLite in a fresh directory per round under ${TMPDIR:-/tmp}/klikit-bench-$RUN_ID;"
   echo "        Redis keys klikit:dedup:$RUN_ID-r<round>-*; Postgres schema klikit_bench_${RUN_ID}_r<round>"
@@ -234,6 +243,22 @@ for round in $(seq 1 "$ROUNDS"); do
     phase "round $round criterion"
   fi
 done
+
+# ---- paired runs: the twin and the memory store one right after the other
+# The driver rotates its configurations by the round number, so pair 1 runs
+# the twin first, pair 2 the memory store first, and so on. Each pair's ratio
+# compares two runs a few seconds apart; summary.md gives their median with a
+# distribution-free 95 % confidence interval and a sign test.
+if [[ "$PAIRS" != 0 ]] && has_config twin && has_config memory; then
+  echo "pairs: $(cat /proc/loadavg)" >>"$RESULTS/loadavg.txt"
+  mkdir -p "$RESULTS/pairs/logs"
+  say "pairs: $PAIRS paired runs of twin and memory, ${PAIR_DURATION} s each"
+  for pair in $(seq 1 "$PAIRS"); do
+    load --round "$pair" --configs twin,memory --duration "$PAIR_DURATION" --run-id "${RUN_ID}p" \
+      --log-dir "$RESULTS/pairs/logs" --csv "$RESULTS/pairs/pair-$pair.csv" | tee -a "$RESULTS/pairs/pairs.txt"
+  done
+  phase "pairs"
+fi
 
 # ---- the RSS soak
 if [[ "$SOAK" != 0 ]]; then

@@ -160,10 +160,16 @@ def median_ci(sorted_values, confidence=0.95):
     return sorted_values[lower - 1], sorted_values[n - lower]
 
 
+def pair_ratios(pairs, column):
+    """{pair: memory's figure ÷ the twin's}; a pair missing either, or whose
+    twin figure is 0, is left out (summary.md lists it under the checks)."""
+    return {n: float(p["memory"][column]) / float(p["twin"][column])
+            for n, p in pairs.items() if "memory" in p and "twin" in p and float(p["twin"][column])}
+
+
 def pair_stats(pairs, column):
-    """Per pair, memory's figure ÷ the twin's; pairs missing either are skipped."""
-    return [float(p["memory"][column]) / float(p["twin"][column])
-            for p in pairs.values() if "memory" in p and "twin" in p and float(p["twin"][column])]
+    """The per-pair ratios of `pair_ratios`, in pair order."""
+    return list(pair_ratios(pairs, column).values())
 
 
 def machine_facts(folder):
@@ -437,20 +443,21 @@ def main():
         pair_problems = []
         w("| pair | first | twin requests/s | memory requests/s | ratio | twin CPU µs | memory CPU µs | CPU ratio |")
         w("|---|---|---|---|---|---|---|---|")
+        rps_by_pair = pair_ratios(pairs, "rps")
+        cpu_by_pair = pair_ratios(pairs, "server_cpu_us_per_req")
         for n, p in pairs.items():
-            if "memory" not in p or "twin" not in p:
-                pair_problems.append(f"pair {n}: a configuration is missing")
+            if n not in rps_by_pair:
+                pair_problems.append(f"pair {n}: a configuration is missing, or the twin answered nothing")
                 continue
             t, mem = p["twin"], p["memory"]
             first = "twin" if int(t["position"]) < int(mem["position"]) else "memory"
             w(f"| {n} | {first} | {fmt(float(t['rps']))} | {fmt(float(mem['rps']))} | "
-              f"{fmt(float(mem['rps']) / float(t['rps']), 3)} | {fmt(float(t['server_cpu_us_per_req']), 1)} | "
-              f"{fmt(float(mem['server_cpu_us_per_req']), 1)} | "
-              f"{fmt(float(mem['server_cpu_us_per_req']) / float(t['server_cpu_us_per_req']), 3)} |")
+              f"{fmt(rps_by_pair[n], 3)} | {fmt(float(t['server_cpu_us_per_req']), 1)} | "
+              f"{fmt(float(mem['server_cpu_us_per_req']), 1)} | {fmt(cpu_by_pair.get(n), 3)} |")
             for row in (t, mem):
                 if row["status_other"]:
                     pair_problems.append(f"pair {n}, {row['label']}: answers other than 200: {row['status_other']}")
-        cpu = pair_stats(pairs, "server_cpu_us_per_req")
+        cpu = list(cpu_by_pair.values())
         if paired and cpu:
             ratios, ci, ahead, p_value = paired
             cpu_ci = median_ci(sorted(cpu))
@@ -463,7 +470,7 @@ def main():
               f"{'n/a' if cpu_ci is None else fmt(cpu_ci[0], 3) + '–' + fmt(cpu_ci[1], 3)}); lower in "
               f"{sum(c < 1 for c in cpu)} of {len(cpu)} pairs\n")
             fig, ax = plt.subplots(figsize=(10, 3.8))
-            xs = [n for n, p in pairs.items() if "memory" in p and "twin" in p]
+            xs = list(rps_by_pair)
             ax.axhline(1.0, color="black", linewidth=1)
             if ci is not None:
                 ax.axhspan(ci[0], ci[1], color="#4c72b0", alpha=0.2, label="95 % interval of the median")

@@ -99,7 +99,7 @@ for tool in cargo rustc taskset python3 lscpu; do
   command -v "$tool" >/dev/null || die "$tool is not on PATH"
 done
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
-[[ "$PAIRS" =~ ^[0-9]+$ ]] || die "PAIRS must be 0 or a positive integer"
+[[ "$PAIRS" =~ ^(0|[1-9][0-9]*)$ ]] || die "PAIRS must be 0 or a positive integer"
 for cpu in "$SERVER_CPU" "$DRIVER_CPU"; do
   taskset -c "$cpu" true 2>/dev/null || die "cannot pin to CPU $cpu (this machine has $(nproc) CPUs)"
 done
@@ -155,6 +155,7 @@ say "results: $RESULTS (run id $RUN_ID)"
   echo "       BEFORE=${BEFORE:-none}${BEFORE_SHA:+ ($BEFORE_SHA)} BASELINE=${BASELINE:-none}"
   echo "stores: SQLite in a fresh directory per round under ${TMPDIR:-/tmp}/klikit-bench-$RUN_ID;"
   echo "        Redis keys klikit:dedup:$RUN_ID-r<round>-*; Postgres schema klikit_bench_${RUN_ID}_r<round>"
+  echo "        paired runs (memory store and twin only): run id ${RUN_ID}p"
   echo "        (URLs not recorded: they may hold passwords)"
 } >"$RESULTS/run.txt"
 
@@ -258,6 +259,9 @@ if [[ "$PAIRS" != 0 ]] && has_config twin && has_config memory; then
       --log-dir "$RESULTS/pairs/logs" --csv "$RESULTS/pairs/pair-$pair.csv" | tee -a "$RESULTS/pairs/pairs.txt"
   done
   phase "pairs"
+elif [[ "$PAIRS" != 0 ]]; then
+  say "warning: PAIRS=$PAIRS but CONFIGS lacks twin or memory: no paired runs"
+  echo "pairs: none (CONFIGS lacks twin or memory)" >>"$RESULTS/run.txt"
 fi
 
 # ---- the RSS soak

@@ -80,10 +80,12 @@ def fmt_ns(ns):
     return f"{ns:.1f} ns"
 
 
-def read_load(folder):
-    """{config: {round: row}}, {config: label}"""
+def read_load(folder, sub="load", pattern="round-*.csv"):
+    """{config: {round: row}}, {config: label}, from the driver's CSV files
+    (the rounds' load/round-<n>.csv, or with "pairs", "pair-*.csv" the
+    paired runs, whose `round` is the pair)"""
     runs, labels = collections.defaultdict(dict), {}
-    for path in sorted((folder / "load").glob("round-*.csv"), key=lambda p: int(p.stem.split("-")[1])):
+    for path in sorted((folder / sub).glob(pattern), key=lambda p: int(p.stem.split("-")[1])):
         with open(path, newline="") as f:
             for row in csv.DictReader(f):
                 key = row["config"]
@@ -127,16 +129,6 @@ def read_soak(folder):
     return samples, labels
 
 
-def read_pairs(folder):
-    """{pair: {config: row}} from pairs/pair-<n>.csv (benches/run.sh's paired runs)."""
-    pairs = collections.defaultdict(dict)
-    for path in (folder / "pairs").glob("pair-*.csv"):
-        with open(path, newline="") as f:
-            for row in csv.DictReader(f):
-                pairs[int(row["round"])][row["config"]] = row
-    return dict(sorted(pairs.items()))
-
-
 def binomial_tail(n, k):
     """P(X >= k) for X ~ Binomial(n, 1/2)."""
     return sum(math.comb(n, i) for i in range(k, n + 1)) / 2 ** n
@@ -160,16 +152,8 @@ def median_ci(sorted_values, confidence=0.95):
     return sorted_values[lower - 1], sorted_values[n - lower]
 
 
-def pair_ratios(pairs, column):
-    """{pair: memory's figure ÷ the twin's}; a pair missing either, or whose
-    twin figure is 0, is left out (summary.md lists it under the checks)."""
-    return {n: float(p["memory"][column]) / float(p["twin"][column])
-            for n, p in pairs.items() if "memory" in p and "twin" in p and float(p["twin"][column])}
-
-
-def pair_stats(pairs, column):
-    """The per-pair ratios of `pair_ratios`, in pair order."""
-    return list(pair_ratios(pairs, column).values())
+def interval_text(ci):
+    return "n/a" if ci is None else f"{fmt(ci[0], 3)}–{fmt(ci[1], 3)}"
 
 
 def machine_facts(folder):
@@ -195,13 +179,18 @@ def machine_facts(folder):
     }
 
 
+def round_ratios(runs, a, b, column):
+    """{round: a's figure ÷ b's} for the rounds that ran both, b's figure not 0."""
+    ra, rb = per_round(runs, a, column), per_round(runs, b, column)
+    return {r: ra[r] / rb[r] for r in sorted(set(ra) & set(rb)) if rb[r]}
+
+
 def ratio_stats(runs, a, b, column):
     """Ratio of the medians, and min/max of the per-round ratios."""
     ra, rb = per_round(runs, a, column), per_round(runs, b, column)
     if not ra or not rb:
         return None
-    rounds = sorted(set(ra) & set(rb))
-    per = [ra[r] / rb[r] for r in rounds if rb[r]]
+    per = list(round_ratios(runs, a, b, column).values())
     return med(list(ra.values())) / med(list(rb.values())), min(per), max(per), per
 
 
@@ -329,14 +318,14 @@ def main():
         goal("memory requests/s ÷ twin requests/s", ratio_stats(runs, "memory", "twin", "rps"), ">", 1.0)
         goal("memory CPU µs/delivery ÷ twin CPU µs/delivery",
              ratio_stats(runs, "memory", "twin", "server_cpu_us_per_req"), None, None)
-    pairs = read_pairs(folder)
-    paired = None
-    if pairs:
-        ratios = pair_stats(pairs, "rps")
-        if ratios:
-            ci = median_ci(sorted(ratios))
-            ahead = sum(r > 1 for r in ratios)
-            paired = (ratios, ci, ahead, binomial_tail(len(ratios), ahead))
+    # The paired runs (pairs/pair-<n>.csv): per pair, memory ÷ twin.
+    pair_runs = read_load(folder, "pairs", "pair-*.csv")[0]
+    pair_numbers = sorted({n for rs in pair_runs.values() for n in rs})
+    rps_by_pair = round_ratios(pair_runs, "memory", "twin", "rps")
+    cpu_by_pair = round_ratios(pair_runs, "memory", "twin", "server_cpu_us_per_req")
+    ratios, cpu = list(rps_by_pair.values()), list(cpu_by_pair.values())
+    ci = median_ci(sorted(ratios))
+    ahead = sum(r > 1 for r in ratios)
     w("## The goals of issue 13\n")
     w("| figure | median | min–max | target | met by the median | met in every round |")
     w("|---|---|---|---|---|---|")
@@ -353,18 +342,14 @@ def main():
         every_text = ("yes" if every else "no") + (" (every pairing with a baseline round)" if note else "")
         w(f"| {name} | {fmt(m, digits)} | {fmt(lo, digits)}–{fmt(hi, digits)} | {op} {target:g} | "
           f"{'yes' if check(m, op, target) else '**no**'} | {every_text} |")
-    if paired:
-        ratios, ci, ahead, p_value = paired
-        m = med(ratios)
-        if ci is None:
-            verdict, ci_text = "too few pairs for a 95 % interval", "n/a"
-        else:
-            ci_text = f"{fmt(ci[0], 3)}–{fmt(ci[1], 3)}"
-            verdict = ("**ahead**: the interval is above 1" if ci[0] > 1
-                       else "**behind**: the interval is below 1" if ci[1] < 1
-                       else "**level**: the interval holds 1")
+    if ratios:
+        p_value = binomial_tail(len(ratios), ahead)
+        verdict = ("too few pairs for a 95 % interval" if ci is None
+                   else "**ahead**: the interval is above 1" if ci[0] > 1
+                   else "**behind**: the interval is below 1" if ci[1] < 1
+                   else "**level**: the interval holds 1")
         w(f"| memory requests/s ÷ twin requests/s, {plural(len(ratios), 'paired run')} (median of the per-pair ratios; "
-          f"95 % interval of that median {ci_text}) | {fmt(m, 3)} | {fmt(min(ratios), 3)}–{fmt(max(ratios), 3)} | "
+          f"95 % interval of that median {interval_text(ci)}) | {fmt(med(ratios), 3)} | {fmt(min(ratios), 3)}–{fmt(max(ratios), 3)} | "
           f"> 1, interval above 1 | {verdict} | ahead in {ahead} of {len(ratios)} pairs |")
         w(f"\nPaired runs (below): the one-sided sign test of \"memory ahead of the twin\" gives p = {p_value:.3g} "
           f"({ahead} of {len(ratios)} pairs ahead; p is the chance of at least that many if the two were level). "
@@ -434,7 +419,7 @@ def main():
       + "; the servers' logs in [load/logs/](load/logs/).\n")
 
     # ---- paired runs
-    if pairs:
+    if pair_numbers:
         w("## Paired runs: the memory store against the twin\n")
         w("After the rounds, `benches/run.sh` ran the twin and the receiver with the memory store one right after "
           "the other, each on a fresh server, alternating which of the two went first (`PAIRS`, `PAIR_DURATION`). "
@@ -443,13 +428,11 @@ def main():
         pair_problems = []
         w("| pair | first | twin requests/s | memory requests/s | ratio | twin CPU µs | memory CPU µs | CPU ratio |")
         w("|---|---|---|---|---|---|---|---|")
-        rps_by_pair = pair_ratios(pairs, "rps")
-        cpu_by_pair = pair_ratios(pairs, "server_cpu_us_per_req")
-        for n, p in pairs.items():
+        for n in pair_numbers:
             if n not in rps_by_pair:
                 pair_problems.append(f"pair {n}: a configuration is missing, or the twin answered nothing")
                 continue
-            t, mem = p["twin"], p["memory"]
+            t, mem = pair_runs["twin"][n], pair_runs["memory"][n]
             first = "twin" if int(t["position"]) < int(mem["position"]) else "memory"
             w(f"| {n} | {first} | {fmt(float(t['rps']))} | {fmt(float(mem['rps']))} | "
               f"{fmt(rps_by_pair[n], 3)} | {fmt(float(t['server_cpu_us_per_req']), 1)} | "
@@ -457,17 +440,12 @@ def main():
             for row in (t, mem):
                 if row["status_other"]:
                     pair_problems.append(f"pair {n}, {row['label']}: answers other than 200: {row['status_other']}")
-        cpu = list(cpu_by_pair.values())
-        if paired and cpu:
-            ratios, ci, ahead, p_value = paired
-            cpu_ci = median_ci(sorted(cpu))
+        if ratios and cpu:
             w(f"\n- requests/s, memory ÷ twin: median {fmt(med(ratios), 3)} (min–max {fmt(min(ratios), 3)}–"
-              f"{fmt(max(ratios), 3)}; 95 % interval of the median "
-              f"{'n/a' if ci is None else fmt(ci[0], 3) + '–' + fmt(ci[1], 3)}); ahead in {ahead} of {len(ratios)} "
-              f"pairs, sign test p = {p_value:.3g}")
+              f"{fmt(max(ratios), 3)}; 95 % interval of the median {interval_text(ci)}); ahead in {ahead} of "
+              f"{len(ratios)} pairs, sign test p = {p_value:.3g}")
             w(f"- server CPU µs per delivery, memory ÷ twin: median {fmt(med(cpu), 3)} (min–max {fmt(min(cpu), 3)}–"
-              f"{fmt(max(cpu), 3)}; 95 % interval of the median "
-              f"{'n/a' if cpu_ci is None else fmt(cpu_ci[0], 3) + '–' + fmt(cpu_ci[1], 3)}); lower in "
+              f"{fmt(max(cpu), 3)}; 95 % interval of the median {interval_text(median_ci(sorted(cpu)))}); lower in "
               f"{sum(c < 1 for c in cpu)} of {len(cpu)} pairs\n")
             fig, ax = plt.subplots(figsize=(10, 3.8))
             xs = list(rps_by_pair)
@@ -486,7 +464,7 @@ def main():
             fig.savefig(folder / "pairs_memory_vs_twin.png", dpi=110)
             plt.close(fig)
             w("![memory ÷ twin requests/s per pair](pairs_memory_vs_twin.png)\n")
-        w("Raw files: " + ", ".join(f"[pair {n}](pairs/pair-{n}.csv)" for n in pairs)
+        w("Raw files: " + ", ".join(f"[pair {n}](pairs/pair-{n}.csv)" for n in pair_numbers)
           + "; the driver's output in [pairs/pairs.txt](pairs/pairs.txt), the servers' logs in "
           "[pairs/logs/](pairs/logs/).\n")
         if pair_problems:
